@@ -1,0 +1,155 @@
+/*
+** chanlite: a Django Channels channel layer inside SQLite.
+**
+** Load it into any connection and every channel-layer operation is one SQL
+** call: per-channel FIFO queues, groups, expiry, capacity, flush.
+**
+**   .load ./chanlite
+**   SELECT channel_send('chat', 'hello');    -- 1
+**   SELECT channel_recv('chat');             -- 'hello'
+**   SELECT group_add('room', 'chat');        -- 1
+**   SELECT group_send('room', 'hi all');     -- 1
+**   SELECT * FROM chanlite_channels;
+**
+** Each call is atomic: outside a transaction it commits on its own, inside
+** one it joins it. Call write functions from a statement of their own
+** (SELECT channel_send(?, ?)), not from INSERT ... SELECT or UPDATE.
+** Loading writes nothing; the chanlite_* tables are created on first use.
+** See README.md for the whole API, and DESIGN.md for why it is so.
+**
+** Files: chanlite.c (this: loading), names.c (argument checks), message.c,
+** group.c, maintenance.c (the operations), config.c (settings and clock),
+** transaction.c (atomicity), statements.c (the statement cache), vtab.c
+** (table-valued functions), errors.c. The SQL they run is in sql/.
+*/
+#include <string.h>
+#include "chanlite.h"
+
+SQLITE_EXTENSION_INIT1
+
+typedef struct Binding {
+  Chanlite *c;
+  const ChanliteFunction *def;
+} Binding;
+
+/* Every function goes through here: argument counts are checked once, with
+** an error that names the function and its arguments. */
+static void call(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  Binding *b = sqlite3_user_data(ctx);
+  const ChanliteFunction *d = b->def;
+  if (argc < d->min_args || argc > d->max_args) {
+    char *msg = sqlite3_mprintf("chanlite: wrong number of arguments to %s: "
+                                "got %d, usage: %s", d->name, argc, d->usage);
+    if (msg) sqlite3_result_error(ctx, msg, -1);
+    else sqlite3_result_error_nomem(ctx);
+    sqlite3_free(msg);
+    return;
+  }
+  b->c->fn = d->name;
+  d->fn(b->c, ctx, argc, argv);
+}
+
+int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int n,
+                      char **errmsg) {
+  int i, rc = SQLITE_OK;
+  for (i = 0; i < n && rc == SQLITE_OK; i++) {
+    Binding *b = sqlite3_malloc(sizeof *b);
+    if (!b) return SQLITE_NOMEM;
+    b->c = c;
+    b->def = &fns[i];
+    /* Registered with nArg -1 so that `call` can explain a wrong count;
+    ** sqlite3_free runs when the function is replaced or the connection
+    ** closes, and also if registration fails. */
+    rc = sqlite3_create_function_v2(db, fns[i].name, -1, fns[i].flags, b, call, 0, 0,
+                                    sqlite3_free);
+    if (rc != SQLITE_OK) {
+      *errmsg = sqlite3_mprintf("chanlite: cannot register %s: %s", fns[i].name,
+                                sqlite3_errmsg(db));
+    }
+  }
+  return rc;
+}
+
+static void fn_version(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  (void)c; (void)argc; (void)argv;
+  sqlite3_result_text(ctx, CHANLITE_VERSION, -1, SQLITE_STATIC);
+}
+
+/* What a bug report needs: versions and how this build was made. */
+static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  char *s;
+  (void)argc; (void)argv;
+  s = sqlite3_mprintf("chanlite %s\nsqlite %s (built against %s)\ncompiler %s\n"
+                      "clock %s\nstatements cached %s",
+                      CHANLITE_VERSION, sqlite3_libversion(), SQLITE_VERSION,
+#if defined(__clang__)
+                      "clang " __clang_version__,
+#elif defined(__GNUC__)
+                      "gcc " __VERSION__,
+#else
+                      "unknown",
+#endif
+                      c->clock_pinned ? "pinned" : "real",
+                      c->anchored ? "yes" : "no");
+  if (s) sqlite3_result_text(ctx, s, -1, sqlite3_free);
+  else sqlite3_result_error_nomem(ctx);
+}
+
+static const ChanliteFunction info_functions[] = {
+  {"chanlite_version", 0, 0, "chanlite_version()",
+   SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, fn_version},
+  {"chanlite_debug", 0, 0, "chanlite_debug()", SQLITE_UTF8 | SQLITE_INNOCUOUS, fn_debug},
+};
+
+#ifdef _WIN32
+__declspec(dllexport)
+#else
+__attribute__((visibility("default")))
+#endif
+int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api) {
+  Chanlite *c;
+  int rc;
+  SQLITE_EXTENSION_INIT2(api);
+  if (sqlite3_libversion_number() < CHANLITE_MIN_SQLITE) {
+    *errmsg = sqlite3_mprintf("chanlite: needs SQLite %s or newer, this is %s",
+                              CHANLITE_MIN_SQLITE_TEXT, sqlite3_libversion());
+    return SQLITE_ERROR;
+  }
+  c = sqlite3_malloc(sizeof *c);
+  if (!c) return SQLITE_NOMEM;
+  memset(c, 0, sizeof *c);
+  c->db = db;
+  c->fn = "chanlite";
+  rc = chanlite_register_statements(db, c); /* owns c from here on */
+  if (rc != SQLITE_OK) {
+    *errmsg = sqlite3_mprintf("chanlite: cannot register chanlite_statements: %s",
+                              sqlite3_errmsg(db));
+    return rc;
+  }
+  rc = chanlite_register(db, c, info_functions,
+                         (int)(sizeof info_functions / sizeof info_functions[0]), errmsg);
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register(db, c, chanlite_message_functions,
+                           chanlite_message_function_count, errmsg);
+  }
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register(db, c, chanlite_group_functions, chanlite_group_function_count,
+                           errmsg);
+  }
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register(db, c, chanlite_maintenance_functions,
+                           chanlite_maintenance_function_count, errmsg);
+  }
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register(db, c, chanlite_config_functions,
+                           chanlite_config_function_count, errmsg);
+  }
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register_vtabs(db, c);
+    if (rc != SQLITE_OK) {
+      *errmsg = sqlite3_mprintf("chanlite: cannot register virtual tables: %s",
+                                sqlite3_errmsg(db));
+    }
+  }
+  return rc;
+}

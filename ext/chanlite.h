@@ -1,0 +1,118 @@
+/*
+** chanlite internal header: the per-connection state and the helpers that
+** the files of ext/ share. Nothing here is exported; the only public symbol
+** of the extension is sqlite3_chanlite_init (ext/chanlite.c).
+*/
+#ifndef CHANLITE_H
+#define CHANLITE_H
+
+#include <sqlite3ext.h>
+SQLITE_EXTENSION_INIT3
+
+#include "chanlite_sql.h"
+
+#define CHANLITE_VERSION "v0.1.0"
+
+/* 3.31.0 is Django 5.2's minimum too; it has SQLITE_DIRECTONLY (3.30),
+** SQLITE_INNOCUOUS and sqlite3_vtab_config(SQLITE_VTAB_DIRECTONLY) (3.31). */
+#define CHANLITE_MIN_SQLITE 3031000
+#define CHANLITE_MIN_SQLITE_TEXT "3.31.0"
+
+/* Names are shorter than 100 characters, as in Channels. */
+#define CHANLITE_MAX_NAME 99
+
+typedef struct Chanlite Chanlite;
+typedef struct ChannelName ChannelName;
+
+/* One per connection, owned by the chanlite_statements module and freed
+** when the connection closes (see ext/statements.c). */
+struct Chanlite {
+  sqlite3 *db;
+  sqlite3_stmt *stmt[CHANLITE_STMT_COUNT]; /* prepared on first use */
+  int anchored;        /* chanlite_statements is connected: caching is safe */
+  int own_txn;         /* this call began the transaction (vs. a savepoint) */
+  int clock_pinned;    /* chanlite_clock(t) is in force */
+  double clock;        /* the pinned time, Unix seconds */
+  int err_code;        /* error of the call under way, SQLite result code */
+  char *err;           /* its message, without the "chanlite: " prefix */
+  const char *fn;      /* name of the SQL function under way, for messages */
+};
+
+/* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
+** `local` what follows the `!` (possibly empty); otherwise `local` is NULL. */
+struct ChannelName {
+  const char *full;
+  int n_full;
+  int n_queue;
+  const char *local;
+  int n_local;
+};
+
+/* errors.c */
+int chanlite_fail(Chanlite *c, int code, const char *fmt, ...);
+int chanlite_fail_sqlite(Chanlite *c, int rc);
+void chanlite_report(Chanlite *c, sqlite3_context *ctx);
+void chanlite_clear_error(Chanlite *c);
+const char *chanlite_type_name(int type);
+
+/* names.c */
+int chanlite_channel_arg(Chanlite *c, sqlite3_value *v, ChannelName *out);
+int chanlite_channel_text(Chanlite *c, const char *z, int n, ChannelName *out);
+int chanlite_group_arg(Chanlite *c, sqlite3_value *v, const char **z, int *n);
+int chanlite_message_arg(Chanlite *c, sqlite3_value *v);
+
+/* statements.c */
+sqlite3_stmt *chanlite_stmt(Chanlite *c, int id);
+int chanlite_step_done(Chanlite *c, sqlite3_stmt *s);
+int chanlite_register_statements(sqlite3 *db, Chanlite *c);
+
+/* transaction.c */
+int chanlite_begin(Chanlite *c);
+int chanlite_end(Chanlite *c, int rc);
+int chanlite_schema_missing(Chanlite *c);
+
+/* config.c */
+double chanlite_time(Chanlite *c);
+double chanlite_default(const char *key);
+
+/* message.c */
+int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
+                      double now, sqlite3_int64 *id, int *full);
+int chanlite_peek(Chanlite *c, const ChannelName *ch, int *found);
+int chanlite_pop(Chanlite *c, const ChannelName *ch, double now,
+                 sqlite3_stmt **row);
+int chanlite_pop_done(Chanlite *c, sqlite3_stmt *row);
+
+/* maintenance.c */
+int chanlite_purge_some(Chanlite *c, double now);
+int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed);
+
+/* Registration: each concern registers its own SQL functions and modules. */
+typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc,
+                            sqlite3_value **argv);
+typedef struct ChanliteFunction {
+  const char *name;
+  int min_args, max_args;
+  const char *usage;   /* for wrong-argument-count errors */
+  int flags;
+  chanlite_fn fn;
+} ChanliteFunction;
+int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns,
+                      int n, char **errmsg);
+
+extern const ChanliteFunction chanlite_message_functions[];
+extern const int chanlite_message_function_count;
+extern const ChanliteFunction chanlite_group_functions[];
+extern const int chanlite_group_function_count;
+extern const ChanliteFunction chanlite_maintenance_functions[];
+extern const int chanlite_maintenance_function_count;
+extern const ChanliteFunction chanlite_config_functions[];
+extern const int chanlite_config_function_count;
+int chanlite_register_vtabs(sqlite3 *db, Chanlite *c);
+
+/* Flags. Write functions are DIRECTONLY so that a trigger, view or generated
+** column in a database file cannot call them; none is DETERMINISTIC, since
+** each reads or changes the database. */
+#define CHANLITE_WRITE (SQLITE_UTF8 | SQLITE_DIRECTONLY)
+
+#endif

@@ -1,0 +1,78 @@
+/*
+** Making each call atomic, and joining the caller's transaction.
+**
+** Outside a transaction a call runs in one of its own, begun IMMEDIATE: it
+** takes the write lock before it reads, so the busy handler can wait for
+** it, and the capacity it reads is still true when it inserts. Inside the
+** caller's transaction it runs in a savepoint: what it does commits or rolls
+** back with the caller (a send is seen only on commit; a received message
+** goes back to its queue on rollback), and a call that fails undoes only
+** itself.
+**
+** SQLite cannot COMMIT, nor open a savepoint, while a statement that writes
+** is running; so chanlite_*() write functions must be called from a
+** statement of their own (`SELECT channel_send(?, ?)`), not from
+** `INSERT ... SELECT` or `UPDATE`. That misuse is reported by name
+** (errors.c).
+*/
+#include <string.h>
+#include "chanlite.h"
+
+/* Run one of the cached transaction statements, keeping any error. */
+static int run(Chanlite *c, int id) {
+  sqlite3_stmt *s = chanlite_stmt(c, id);
+  return s ? chanlite_step_done(c, s) : c->err_code;
+}
+
+/* Roll back without touching the error being reported. */
+static void undo(Chanlite *c) {
+  int saved = c->err_code;
+  char *msg = c->err;
+  c->err_code = SQLITE_OK;
+  c->err = 0;
+  if (c->own_txn) {
+    run(c, CHANLITE_STMT_ROLLBACK);
+  } else if (run(c, CHANLITE_STMT_ROLLBACK_TO) == SQLITE_OK) {
+    run(c, CHANLITE_STMT_RELEASE);
+  }
+  chanlite_clear_error(c);
+  c->err_code = saved;
+  c->err = msg;
+}
+
+/* Create the tables on first use. */
+static int ensure_schema(Chanlite *c) {
+  int rc = run(c, CHANLITE_STMT_SCHEMA_CHECK);
+  if (rc == SQLITE_OK || !chanlite_schema_missing(c)) return rc;
+  rc = sqlite3_exec(c->db, chanlite_schema_sql, 0, 0, 0);
+  return rc == SQLITE_OK ? SQLITE_OK : chanlite_fail_sqlite(c, rc);
+}
+
+int chanlite_begin(Chanlite *c) {
+  int rc;
+  c->own_txn = sqlite3_get_autocommit(c->db);
+  rc = run(c, c->own_txn ? CHANLITE_STMT_BEGIN_WRITE : CHANLITE_STMT_SAVEPOINT);
+  if (rc != SQLITE_OK) return rc;
+  rc = ensure_schema(c);
+  if (rc != SQLITE_OK) undo(c);
+  return rc;
+}
+
+int chanlite_end(Chanlite *c, int rc) {
+  if (rc == SQLITE_OK) {
+    rc = run(c, c->own_txn ? CHANLITE_STMT_COMMIT : CHANLITE_STMT_RELEASE);
+  }
+  if (rc != SQLITE_OK) undo(c);
+  return rc;
+}
+
+/* Whether the error just recorded means "no chanlite tables yet": reads
+** treat that as empty rather than creating tables (loading and reading
+** write nothing). */
+int chanlite_schema_missing(Chanlite *c) {
+  if (c->err && strstr(c->err, "no such table: main.chanlite_")) {
+    chanlite_clear_error(c);
+    return 1;
+  }
+  return 0;
+}

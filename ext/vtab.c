@@ -1,0 +1,387 @@
+/*
+** Table-valued functions.
+**
+**   SELECT channel, message FROM channel_recv_batch('w.abc!', 100);
+**
+** pops up to 100 of the oldest unexpired messages of every `w.abc!...`
+** channel (or of one channel, for any other name), in order, with the full
+** channel name each was sent to: how one process drains its `prefix!` in a
+** single call and hands each message to its consumer. It stops early once
+** it holds BATCH_BYTES of messages, so a batch never needs more memory than
+** that plus one message; fewer rows than asked does not mean the queue is
+** empty. All rows are popped, in one transaction, before the first is
+** returned: use it alone, not in a join (each scan would pop again).
+**
+**   SELECT * FROM chanlite_channels;  -- channel, depth, oldest_age
+**   SELECT * FROM chanlite_groups;    -- group_name, channel, expires_in
+**
+** list channels with unexpired messages, and live memberships.
+*/
+#include <string.h>
+#include "chanlite.h"
+
+#define BATCH_MAX 10000
+#define BATCH_BYTES (16 * 1024 * 1024)
+
+/* Move the call's error into the vtab, where SQLite reports it from. */
+static int vtab_error(Chanlite *c, sqlite3_vtab *vtab) {
+  int rc = c->err_code;
+  sqlite3_free(vtab->zErrMsg);
+  vtab->zErrMsg = sqlite3_mprintf("chanlite: %s", c->err ? c->err : "error");
+  chanlite_clear_error(c);
+  return rc;
+}
+
+/* ---- channel_recv_batch ---- */
+
+typedef struct BatchTab {
+  sqlite3_vtab base;
+  Chanlite *c;
+} BatchTab;
+
+typedef struct BatchCursor {
+  sqlite3_vtab_cursor base;
+  int n, i, alloc;
+  char **names;
+  sqlite3_value **bodies;
+} BatchCursor;
+
+#define BATCH_COL_CHANNEL 0
+#define BATCH_COL_MESSAGE 1
+#define BATCH_COL_FROM 2
+#define BATCH_COL_MAX 3
+
+static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                         sqlite3_vtab **out, char **err) {
+  BatchTab *t;
+  int rc;
+  (void)argc; (void)argv; (void)err;
+  rc = sqlite3_declare_vtab(db, "CREATE TABLE x(channel TEXT, message BLOB, "
+                                "from_channel HIDDEN, max HIDDEN)");
+  if (rc != SQLITE_OK) return rc;
+  t = sqlite3_malloc(sizeof *t);
+  if (!t) return SQLITE_NOMEM;
+  memset(t, 0, sizeof *t);
+  t->c = aux;
+  /* It writes: no trigger, view or generated column may use it. */
+  sqlite3_vtab_config(db, SQLITE_VTAB_DIRECTONLY);
+  *out = &t->base;
+  return SQLITE_OK;
+}
+
+static int batch_disconnect(sqlite3_vtab *vtab) {
+  sqlite3_free(vtab);
+  return SQLITE_OK;
+}
+
+/* Plan: idxNum 1 when both arguments are given as `=` constraints (they are
+** passed to xFilter in order); 0 when they are missing, which xFilter
+** reports as an error naming the arguments. An unusable argument (one that
+** depends on another table of a join) makes the plan impossible. */
+static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
+  int i, from = -1, max = -1, unusable = 0;
+  (void)vtab;
+  for (i = 0; i < info->nConstraint; i++) {
+    const struct sqlite3_index_constraint *k = &info->aConstraint[i];
+    if (k->iColumn != BATCH_COL_FROM && k->iColumn != BATCH_COL_MAX) continue;
+    if (!k->usable || k->op != SQLITE_INDEX_CONSTRAINT_EQ) { unusable = 1; continue; }
+    if (k->iColumn == BATCH_COL_FROM) from = i;
+    else max = i;
+  }
+  if (from >= 0 && max >= 0) {
+    info->aConstraintUsage[from].argvIndex = 1;
+    info->aConstraintUsage[from].omit = 1;
+    info->aConstraintUsage[max].argvIndex = 2;
+    info->aConstraintUsage[max].omit = 1;
+    info->idxNum = 1;
+    info->estimatedCost = 10;
+    return SQLITE_OK;
+  }
+  if (unusable) return SQLITE_CONSTRAINT;
+  info->idxNum = 0;
+  info->estimatedCost = 1e12;
+  return SQLITE_OK;
+}
+
+static void batch_clear(BatchCursor *cur) {
+  int i;
+  for (i = 0; i < cur->n; i++) {
+    sqlite3_free(cur->names[i]);
+    sqlite3_value_free(cur->bodies[i]);
+  }
+  sqlite3_free(cur->names);
+  sqlite3_free(cur->bodies);
+  cur->names = 0;
+  cur->bodies = 0;
+  cur->n = cur->i = cur->alloc = 0;
+}
+
+static int batch_open(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out) {
+  BatchCursor *cur = sqlite3_malloc(sizeof *cur);
+  (void)vtab;
+  if (!cur) return SQLITE_NOMEM;
+  memset(cur, 0, sizeof *cur);
+  *out = &cur->base;
+  return SQLITE_OK;
+}
+
+static int batch_close(sqlite3_vtab_cursor *cur) {
+  batch_clear((BatchCursor *)cur);
+  sqlite3_free(cur);
+  return SQLITE_OK;
+}
+
+/* Keep the row the head statement is on: its full channel name and body. */
+static int batch_keep(Chanlite *c, BatchCursor *cur, const ChannelName *ch,
+                      sqlite3_stmt *row) {
+  const char *local = (const char *)sqlite3_column_text(row, 1);
+  if (cur->n == cur->alloc) {
+    int alloc = cur->alloc ? cur->alloc * 2 : 16;
+    char **names = sqlite3_realloc64(cur->names, sizeof(char *) * (sqlite3_uint64)alloc);
+    sqlite3_value **bodies;
+    if (!names) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+    cur->names = names;
+    bodies = sqlite3_realloc64(cur->bodies, sizeof(sqlite3_value *) * (sqlite3_uint64)alloc);
+    if (!bodies) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+    cur->bodies = bodies;
+    cur->alloc = alloc;
+  }
+  cur->names[cur->n] = sqlite3_mprintf("%.*s%s", ch->n_queue, ch->full, local ? local : "");
+  cur->bodies[cur->n] = sqlite3_value_dup(sqlite3_column_value(row, 3));
+  if (!cur->names[cur->n] || !cur->bodies[cur->n]) {
+    sqlite3_free(cur->names[cur->n]);
+    sqlite3_value_free(cur->bodies[cur->n]);
+    return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+  }
+  cur->n++;
+  return SQLITE_OK;
+}
+
+static int batch_max_arg(Chanlite *c, sqlite3_value *v, int *max) {
+  if (sqlite3_value_type(v) == SQLITE_INTEGER && sqlite3_value_int64(v) >= 1 &&
+      sqlite3_value_int64(v) <= BATCH_MAX) {
+    *max = sqlite3_value_int(v);
+    return SQLITE_OK;
+  }
+  return chanlite_fail(c, SQLITE_MISMATCH,
+                       "channel_recv_batch() max must be an INTEGER from 1 to %d, not %s",
+                       BATCH_MAX, sqlite3_value_type(v) == SQLITE_INTEGER
+                                      ? "one outside that range"
+                                      : chanlite_type_name(sqlite3_value_type(v)));
+}
+
+static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
+                        int argc, sqlite3_value **argv) {
+  BatchCursor *cur = (BatchCursor *)base;
+  Chanlite *c = ((BatchTab *)base->pVtab)->c;
+  ChannelName ch;
+  sqlite3_stmt *row = 0;
+  sqlite3_int64 bytes = 0;
+  int max = 0, found = 0, rc;
+  double now = chanlite_time(c);
+  (void)idxStr; (void)argc;
+  batch_clear(cur);
+  c->fn = "channel_recv_batch";
+  if (idxNum != 1) {
+    chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch(channel, max) needs both arguments");
+    return vtab_error(c, base->pVtab);
+  }
+  rc = chanlite_channel_arg(c, argv[0], &ch);
+  if (rc == SQLITE_OK) rc = batch_max_arg(c, argv[1], &max);
+  if (rc == SQLITE_OK) rc = chanlite_peek(c, &ch, &found);
+  if (rc == SQLITE_OK && found) {
+    rc = chanlite_begin(c);
+    while (rc == SQLITE_OK && cur->n < max && bytes < BATCH_BYTES) {
+      rc = chanlite_pop(c, &ch, now, &row);
+      if (rc != SQLITE_OK || !row) break;
+      bytes += sqlite3_column_bytes(row, 3);
+      rc = batch_keep(c, cur, &ch, row);
+      if (rc == SQLITE_OK) rc = chanlite_pop_done(c, row);
+      else sqlite3_reset(row);
+    }
+    rc = chanlite_end(c, rc);
+  }
+  if (rc != SQLITE_OK) {
+    batch_clear(cur);
+    return vtab_error(c, base->pVtab);
+  }
+  return SQLITE_OK;
+}
+
+static int batch_next(sqlite3_vtab_cursor *cur) {
+  ((BatchCursor *)cur)->i++;
+  return SQLITE_OK;
+}
+
+static int batch_eof(sqlite3_vtab_cursor *cur) {
+  return ((BatchCursor *)cur)->i >= ((BatchCursor *)cur)->n;
+}
+
+static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col) {
+  BatchCursor *cur = (BatchCursor *)base;
+  if (col == BATCH_COL_CHANNEL) sqlite3_result_text(ctx, cur->names[cur->i], -1, SQLITE_TRANSIENT);
+  else if (col == BATCH_COL_MESSAGE) sqlite3_result_value(ctx, cur->bodies[cur->i]);
+  return SQLITE_OK;
+}
+
+static int batch_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid) {
+  *rowid = ((BatchCursor *)cur)->i;
+  return SQLITE_OK;
+}
+
+static const sqlite3_module batch_module = {
+  .xConnect = batch_connect,
+  .xBestIndex = batch_best_index,
+  .xDisconnect = batch_disconnect,
+  .xDestroy = batch_disconnect,
+  .xOpen = batch_open,
+  .xClose = batch_close,
+  .xFilter = batch_filter,
+  .xNext = batch_next,
+  .xEof = batch_eof,
+  .xColumn = batch_column,
+  .xRowid = batch_rowid,
+};
+
+/* ---- chanlite_channels and chanlite_groups: one SQL query each ---- */
+
+typedef struct QueryModule {
+  Chanlite *c;
+  int stmt_id;          /* from sql/introspection.sql; ?1 is now */
+  const char *columns;  /* the table declaration */
+} QueryModule;
+
+typedef struct QueryTab {
+  sqlite3_vtab base;
+  QueryModule *q;
+} QueryTab;
+
+typedef struct QueryCursor {
+  sqlite3_vtab_cursor base;
+  sqlite3_stmt *stmt;   /* its own, not cached: cursors may nest */
+  int eof;
+  sqlite3_int64 rowid;
+} QueryCursor;
+
+static int query_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                         sqlite3_vtab **out, char **err) {
+  QueryModule *q = aux;
+  QueryTab *t;
+  int rc;
+  (void)argc; (void)argv; (void)err;
+  rc = sqlite3_declare_vtab(db, q->columns);
+  if (rc != SQLITE_OK) return rc;
+  t = sqlite3_malloc(sizeof *t);
+  if (!t) return SQLITE_NOMEM;
+  memset(t, 0, sizeof *t);
+  t->q = q;
+  /* Read-only and harmless: a view may use them. */
+  sqlite3_vtab_config(db, SQLITE_VTAB_INNOCUOUS);
+  *out = &t->base;
+  return SQLITE_OK;
+}
+
+static int query_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
+  (void)vtab;
+  info->estimatedCost = 1e6;
+  return SQLITE_OK;
+}
+
+static int query_open(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out) {
+  QueryCursor *cur = sqlite3_malloc(sizeof *cur);
+  (void)vtab;
+  if (!cur) return SQLITE_NOMEM;
+  memset(cur, 0, sizeof *cur);
+  *out = &cur->base;
+  return SQLITE_OK;
+}
+
+static int query_close(sqlite3_vtab_cursor *base) {
+  sqlite3_finalize(((QueryCursor *)base)->stmt);
+  sqlite3_free(base);
+  return SQLITE_OK;
+}
+
+static int query_next(sqlite3_vtab_cursor *base) {
+  QueryCursor *cur = (QueryCursor *)base;
+  QueryModule *q = ((QueryTab *)base->pVtab)->q;
+  int rc = sqlite3_step(cur->stmt);
+  cur->rowid++;
+  cur->eof = rc != SQLITE_ROW;
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE) return SQLITE_OK;
+  chanlite_fail_sqlite(q->c, rc);
+  return vtab_error(q->c, base->pVtab);
+}
+
+static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
+                        int argc, sqlite3_value **argv) {
+  QueryCursor *cur = (QueryCursor *)base;
+  QueryModule *q = ((QueryTab *)base->pVtab)->q;
+  Chanlite *c = q->c;
+  int rc;
+  (void)idxNum; (void)idxStr; (void)argc; (void)argv;
+  c->fn = chanlite_stmt_name[q->stmt_id];
+  sqlite3_finalize(cur->stmt);
+  cur->stmt = 0;
+  cur->eof = 1;
+  cur->rowid = 0;
+  rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->stmt_id], -1, &cur->stmt, 0);
+  if (rc != SQLITE_OK) {
+    chanlite_fail_sqlite(c, rc);
+    if (chanlite_schema_missing(c)) return SQLITE_OK; /* no tables: no rows */
+    return vtab_error(c, base->pVtab);
+  }
+  sqlite3_bind_double(cur->stmt, 1, chanlite_time(c));
+  return query_next(base);
+}
+
+static int query_eof(sqlite3_vtab_cursor *base) {
+  return ((QueryCursor *)base)->eof;
+}
+
+static int query_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col) {
+  sqlite3_result_value(ctx, sqlite3_column_value(((QueryCursor *)base)->stmt, col));
+  return SQLITE_OK;
+}
+
+static int query_rowid(sqlite3_vtab_cursor *base, sqlite3_int64 *rowid) {
+  *rowid = ((QueryCursor *)base)->rowid;
+  return SQLITE_OK;
+}
+
+static const sqlite3_module query_module = {
+  .xConnect = query_connect,
+  .xBestIndex = query_best_index,
+  .xDisconnect = batch_disconnect,
+  .xDestroy = batch_disconnect,
+  .xOpen = query_open,
+  .xClose = query_close,
+  .xFilter = query_filter,
+  .xNext = query_next,
+  .xEof = query_eof,
+  .xColumn = query_column,
+  .xRowid = query_rowid,
+};
+
+static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_id,
+                          const char *columns) {
+  QueryModule *q = sqlite3_malloc(sizeof *q);
+  if (!q) return SQLITE_NOMEM;
+  q->c = c;
+  q->stmt_id = stmt_id;
+  q->columns = columns;
+  return sqlite3_create_module_v2(db, name, &query_module, q, sqlite3_free);
+}
+
+int chanlite_register_vtabs(sqlite3 *db, Chanlite *c) {
+  int rc = sqlite3_create_module_v2(db, "channel_recv_batch", &batch_module, c, 0);
+  if (rc == SQLITE_OK) {
+    rc = register_query(db, c, "chanlite_channels", CHANLITE_STMT_LIST_CHANNELS,
+                        "CREATE TABLE x(channel TEXT, depth INTEGER, oldest_age REAL)");
+  }
+  if (rc == SQLITE_OK) {
+    rc = register_query(db, c, "chanlite_groups", CHANLITE_STMT_LIST_GROUPS,
+                        "CREATE TABLE x(group_name TEXT, channel TEXT, expires_in REAL)");
+  }
+  return rc;
+}

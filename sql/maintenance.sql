@@ -1,0 +1,20 @@
+-- Expiry clean-up and flush.
+
+-- A few expired messages, removed by every send so that channels nobody
+-- reads do not keep their messages until someone calls channel_trim().
+-- name: purge_some_expired
+DELETE FROM main.chanlite_message WHERE id IN
+  (SELECT id FROM main.chanlite_message WHERE expires_at <= ?1
+    ORDER BY expires_at LIMIT ?2)
+
+-- name: purge_expired_messages
+DELETE FROM main.chanlite_message WHERE expires_at <= ?1
+
+-- name: purge_expired_groups
+DELETE FROM main.chanlite_group WHERE expires_at <= ?1
+
+-- name: flush_messages
+DELETE FROM main.chanlite_message
+
+-- name: flush_groups
+DELETE FROM main.chanlite_group

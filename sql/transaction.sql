@@ -1,0 +1,30 @@
+-- How each chanlite call becomes atomic (see ext/transaction.c).
+
+-- Outside a transaction: take the write lock up front, so the busy handler
+-- waits for it. A deferred transaction that has read cannot wait for the
+-- write lock: SQLite fails it at once with SQLITE_BUSY.
+-- name: begin_write
+BEGIN IMMEDIATE
+
+-- name: commit
+COMMIT
+
+-- name: rollback
+ROLLBACK
+
+-- Inside the caller's transaction: a savepoint, so a failed call undoes only
+-- itself and a successful one commits or rolls back with the caller.
+-- name: savepoint
+SAVEPOINT chanlite
+
+-- name: release
+RELEASE chanlite
+
+-- name: rollback_to
+ROLLBACK TO chanlite
+
+-- Do the chanlite tables exist? Fails to prepare ("no such table") if not.
+-- Run inside the transaction, it also checks the schema cookie, so tables
+-- another connection created or dropped are seen.
+-- name: schema_check
+SELECT 1 FROM main.chanlite_message WHERE 0
