@@ -107,14 +107,19 @@ __declspec(dllexport)
 __attribute__((visibility("default")))
 #endif
 int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api) {
-  Chanlite *c;
-  int rc;
+  Chanlite *c = 0;
   SQLITE_EXTENSION_INIT2(api);
   if (sqlite3_libversion_number() < CHANLITE_MIN_SQLITE) {
     *errmsg = sqlite3_mprintf("chanlite: needs SQLite %s or newer, this is %s",
                               CHANLITE_MIN_SQLITE_TEXT, sqlite3_libversion());
     return SQLITE_ERROR;
   }
+  return chanlite_attach(db, &c, errmsg);
+}
+
+int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
+  Chanlite *c;
+  int rc;
   c = sqlite3_malloc(sizeof *c);
   if (!c) return SQLITE_NOMEM;
   memset(c, 0, sizeof *c);
@@ -151,5 +156,6 @@ int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines
                                 sqlite3_errmsg(db));
     }
   }
+  *out = c;
   return rc;
 }

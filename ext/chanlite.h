@@ -36,6 +36,7 @@ struct Chanlite {
   int err_code;        /* error of the call under way, SQLite result code */
   char *err;           /* its message, without the "chanlite: " prefix */
   const char *fn;      /* name of the SQL function under way, for messages */
+  Chanlite *side;      /* a second connection for channel_recv_batch (vtab.c) */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -109,6 +110,9 @@ extern const int chanlite_maintenance_function_count;
 extern const ChanliteFunction chanlite_config_functions[];
 extern const int chanlite_config_function_count;
 int chanlite_register_vtabs(sqlite3 *db, Chanlite *c);
+
+/* chanlite.c: register everything on a connection; *out is its state. */
+int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg);
 
 /* Flags. Write functions are DIRECTONLY so that a trigger, view or generated
 ** column in a database file cannot call them; none is DETERMINISTIC, since

@@ -94,6 +94,10 @@ static int stmts_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
 
 static int stmts_disconnect(sqlite3_vtab *vtab) {
   StatementsTab *t = (StatementsTab *)vtab;
+  if (t->c->side) {
+    sqlite3_close_v2(t->c->side->db); /* frees its state too */
+    t->c->side = 0;
+  }
   finalize_all(t->c);
   t->c->anchored = 0;
   sqlite3_free(t);

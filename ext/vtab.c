@@ -170,10 +170,64 @@ static int batch_max_arg(Chanlite *c, sqlite3_value *v, int *max) {
                                       : chanlite_type_name(sqlite3_value_type(v)));
 }
 
+/* A pragma's single value, or -1. */
+static sqlite3_int64 pragma_value(Chanlite *c, int id, char *text, int n) {
+  sqlite3_stmt *s = chanlite_stmt(c, id);
+  sqlite3_int64 v = -1;
+  if (s && sqlite3_step(s) == SQLITE_ROW) {
+    v = sqlite3_column_int64(s, 0);
+    if (text) sqlite3_snprintf(n, text, "%s", (const char *)sqlite3_column_text(s, 0));
+  }
+  if (s) sqlite3_reset(s);
+  chanlite_clear_error(c);
+  return v;
+}
+
+/* The connection a batch pops through.
+**
+** Outside a transaction, the statement reading channel_recv_batch already
+** holds a read snapshot of this connection (its Transaction opcode runs
+** before xFilter), and SQLite never lets a connection that holds a snapshot
+** wait for the write lock: it fails at once with SQLITE_BUSY. So in WAL mode
+** the pop runs on a second connection to the same file, where BEGIN
+** IMMEDIATE starts from no snapshot and waits like any other call. Inside the
+** caller's transaction it runs here, to join it; and without WAL (or without
+** a file) here too, since a second connection could not commit past this
+** one's read lock. */
+static Chanlite *batch_connection(Chanlite *c) {
+  char mode[16] = "";
+  const char *file;
+  sqlite3_vfs *vfs = 0;
+  sqlite3 *db = 0;
+  char *err = 0;
+  sqlite3_int64 timeout;
+  if (!sqlite3_get_autocommit(c->db)) return c;
+  if (!c->side) {
+    file = sqlite3_db_filename(c->db, "main");
+    pragma_value(c, CHANLITE_STMT_JOURNAL_MODE, mode, sizeof mode);
+    if (!file || !file[0] || sqlite3_stricmp(mode, "wal") != 0) return c;
+    sqlite3_file_control(c->db, "main", SQLITE_FCNTL_VFS_POINTER, &vfs);
+    if (sqlite3_open_v2(file, &db, SQLITE_OPEN_READWRITE, vfs ? vfs->zName : 0) != SQLITE_OK ||
+        chanlite_attach(db, &c->side, &err) != SQLITE_OK) {
+      sqlite3_free(err);
+      sqlite3_close_v2(db);
+      c->side = 0;
+      return c;
+    }
+  }
+  timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
+  sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
+  c->side->clock_pinned = c->clock_pinned;
+  c->side->clock = c->clock;
+  c->side->fn = c->fn;
+  return c->side;
+}
+
 static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
                         int argc, sqlite3_value **argv) {
   BatchCursor *cur = (BatchCursor *)base;
   Chanlite *c = ((BatchTab *)base->pVtab)->c;
+  Chanlite *w;
   ChannelName ch;
   sqlite3_stmt *row = 0;
   sqlite3_int64 bytes = 0;
@@ -188,22 +242,24 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   }
   rc = chanlite_channel_arg(c, argv[0], &ch);
   if (rc == SQLITE_OK) rc = batch_max_arg(c, argv[1], &max);
-  if (rc == SQLITE_OK) rc = chanlite_peek(c, &ch, &found);
+  if (rc != SQLITE_OK) return vtab_error(c, base->pVtab);
+  w = batch_connection(c);
+  rc = chanlite_peek(w, &ch, &found);
   if (rc == SQLITE_OK && found) {
-    rc = chanlite_begin(c);
+    rc = chanlite_begin(w);
     while (rc == SQLITE_OK && cur->n < max && bytes < BATCH_BYTES) {
-      rc = chanlite_pop(c, &ch, now, &row);
+      rc = chanlite_pop(w, &ch, now, &row);
       if (rc != SQLITE_OK || !row) break;
       bytes += sqlite3_column_bytes(row, 3);
-      rc = batch_keep(c, cur, &ch, row);
-      if (rc == SQLITE_OK) rc = chanlite_pop_done(c, row);
+      rc = batch_keep(w, cur, &ch, row);
+      if (rc == SQLITE_OK) rc = chanlite_pop_done(w, row);
       else sqlite3_reset(row);
     }
-    rc = chanlite_end(c, rc);
+    rc = chanlite_end(w, rc);
   }
   if (rc != SQLITE_OK) {
     batch_clear(cur);
-    return vtab_error(c, base->pVtab);
+    return vtab_error(w, base->pVtab);
   }
   return SQLITE_OK;
 }

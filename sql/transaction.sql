@@ -28,3 +28,10 @@ ROLLBACK TO chanlite
 -- another connection created or dropped are seen.
 -- name: schema_check
 SELECT 1 FROM main.chanlite_message WHERE 0
+
+-- What channel_recv_batch needs to open its second connection (ext/vtab.c).
+-- name: journal_mode
+PRAGMA main.journal_mode
+
+-- name: busy_timeout
+PRAGMA busy_timeout

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds chanlite, and runs every test:
+# the SQL tests and C tests (meson test), the same suite under
+# AddressSanitizer+UndefinedBehaviorSanitizer and under valgrind, the Python
+# tests, and a smoke run of the benchmark. Exits non-zero on any failure.
+#
+#   tests/run-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: compiler, SQLite headers and shell, cmocka, valgrind.
+debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Python tools: meson and ninja from PyPI (newer than Debian's, and what
+# meson-python builds the wheel with), and the Python test dependencies.
+python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+echo "== build"
+[ -f build/build.ninja ] || meson setup build
+meson compile -C build
+
+echo "== meson test"
+meson test -C build --print-errorlogs
+
+echo "== sanitizers and valgrind"
+tests/sanitize.sh
+
+if [ -d tests/python ]; then
+  echo "== python"
+  python3 -m pip install -q --disable-pip-version-check .
+  python3 -m pytest -q tests/python
+fi
+
+echo "== benchmark smoke run (numbers are not checked: see bench/)"
+./build/bench/bench_floor build/chanlite.so --quick >/dev/null
+
+# One closing line over every meson run (pytest prints its own above).
+python3 - <<'PY'
+import json, pathlib
+passed = failed = 0
+for log in [pathlib.Path(d) / "meson-logs/testlog.json" for d in ("build", "build-asan")]:
+    if not log.exists():
+        continue
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("result") == "OK":
+            passed += 1
+        elif r.get("result") not in ("SKIP",):
+            failed += 1
+print(f"meson: {passed} passed, {failed} failed")
+PY
