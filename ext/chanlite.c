@@ -80,7 +80,7 @@ static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value 
   char *s;
   (void)argc; (void)argv;
   s = sqlite3_mprintf("chanlite %s\nsqlite %s (built against %s)\ncompiler %s\n"
-                      "clock %s\nstatements cached %s",
+                      "clock %s\nstatements cached %s\nwake %s",
                       CHANLITE_VERSION, sqlite3_libversion(), SQLITE_VERSION,
 #if defined(__clang__)
                       "clang " __clang_version__,
@@ -90,7 +90,13 @@ static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value 
                       "unknown",
 #endif
                       c->clock_pinned ? "pinned" : "real",
-                      c->anchored ? "yes" : "no");
+                      c->anchored ? "yes" : "no",
+#ifdef __linux__
+                      "inotify on <database>-chanlite, polling where there is no file"
+#else
+                      "polling (no inotify on this system)"
+#endif
+                      );
   if (s) sqlite3_result_text(ctx, s, -1, sqlite3_free);
   else sqlite3_result_error_nomem(ctx);
 }
@@ -124,6 +130,8 @@ int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
   if (!c) return SQLITE_NOMEM;
   memset(c, 0, sizeof *c);
   c->db = db;
+  c->bell_fd = -1;
+  c->watch_fd = -1;
   c->fn = "chanlite";
   rc = chanlite_register_statements(db, c); /* owns c from here on */
   if (rc != SQLITE_OK) {
@@ -148,6 +156,10 @@ int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
   if (rc == SQLITE_OK) {
     rc = chanlite_register(db, c, chanlite_config_functions,
                            chanlite_config_function_count, errmsg);
+  }
+  if (rc == SQLITE_OK) {
+    rc = chanlite_register(db, c, chanlite_wake_functions, chanlite_wake_function_count,
+                           errmsg);
   }
   if (rc == SQLITE_OK) {
     rc = chanlite_register_vtabs(db, c);

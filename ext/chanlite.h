@@ -37,6 +37,12 @@ struct Chanlite {
   char *err;           /* its message, without the "chanlite: " prefix */
   const char *fn;      /* name of the SQL function under way, for messages */
   Chanlite *side;      /* a second connection for channel_recv_batch (vtab.c) */
+  int sent;            /* this call stored a message: ring on commit (wake.c) */
+  int ring_on_commit;  /* a send joined the caller's transaction (wake.c) */
+  int wal_hooked;      /* our WAL hook is installed (wake.c) */
+  int autocheckpoint;  /* what SQLite's own WAL hook would checkpoint at */
+  int bell_fd;         /* the bell file, open for ringing; -1 if not yet */
+  int watch_fd;        /* inotify watching the bell, for channel_wait; -1 */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -88,6 +94,9 @@ int chanlite_pop_done(Chanlite *c, sqlite3_stmt *row);
 int chanlite_purge_some(Chanlite *c, double now);
 int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed);
 
+/* wake.c */
+void chanlite_after_commit(Chanlite *c, int own_txn);
+void chanlite_wake_close(Chanlite *c);
 /* Registration: each concern registers its own SQL functions and modules. */
 typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc,
                             sqlite3_value **argv);
@@ -109,6 +118,8 @@ extern const ChanliteFunction chanlite_maintenance_functions[];
 extern const int chanlite_maintenance_function_count;
 extern const ChanliteFunction chanlite_config_functions[];
 extern const int chanlite_config_function_count;
+extern const ChanliteFunction chanlite_wake_functions[];
+extern const int chanlite_wake_function_count;
 int chanlite_register_vtabs(sqlite3 *db, Chanlite *c);
 
 /* chanlite.c: register everything on a connection; *out is its state. */

@@ -74,7 +74,10 @@ int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
   sqlite3_bind_double(s, 4, now + expiry);
   sqlite3_bind_value(s, 5, msg);
   rc = chanlite_step_done(c, s);
-  if (rc == SQLITE_OK) *id = sqlite3_last_insert_rowid(c->db);
+  if (rc == SQLITE_OK) {
+    *id = sqlite3_last_insert_rowid(c->db);
+    c->sent = 1;
+  }
   return rc;
 }
 

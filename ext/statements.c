@@ -176,6 +176,7 @@ static const sqlite3_module statements_module = {
 /* Freed when the connection closes, after every table is disconnected. */
 static void chanlite_free(void *p) {
   Chanlite *c = p;
+  chanlite_wake_close(c);
   finalize_all(c);
   chanlite_clear_error(c);
   sqlite3_free(c);

@@ -63,6 +63,8 @@ int chanlite_end(Chanlite *c, int rc) {
     rc = run(c, c->own_txn ? CHANLITE_STMT_COMMIT : CHANLITE_STMT_RELEASE);
   }
   if (rc != SQLITE_OK) undo(c);
+  else if (c->sent) chanlite_after_commit(c, c->own_txn);
+  c->sent = 0;
   return rc;
 }
 

@@ -1,0 +1,212 @@
+/*
+** Waking receivers when a message is committed, without polling.
+**
+**   SELECT channel_wait('chat', 5.0);  -- 1 as soon as a message may be in
+**                                      -- 'chat' (or already is), 0 after 5 s
+**   SELECT chanlite_bell_path();       -- the file to watch yourself
+**
+** The bell is a file next to the database, `<database>-chanlite`. Whoever
+** stores a message rings it after the commit is visible, by writing one byte
+** to it. A waiter watches it (inotify on Linux: a file descriptor that an
+** event loop can poll, so one descriptor serves every receiver of a process)
+** and looks at the queue each time it rings.
+**
+** Never before the commit: a send outside a transaction rings right after its
+** own COMMIT; a send inside the caller's transaction rings from a WAL hook,
+** which SQLite calls once the caller's commit is in the WAL and visible.
+** (SQLite keeps one WAL hook per connection and uses it for auto-checkpoints:
+** ours checkpoints at the same size the replaced one would have.)
+** Never sleeping through one: a waiter arms its watch, drains it, then looks,
+** then waits; a commit between the look and the wait leaves an event behind.
+**
+** Where this cannot work (not Linux, an in-memory database, a bell that
+** cannot be created) channel_wait falls back to looking with a backoff from
+** 1 to 50 ms. Sends inside a transaction ring only in WAL mode. chanlite_debug()
+** says which method is in use.
+*/
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <poll.h>
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/inotify.h>
+#endif
+#include "chanlite.h"
+
+static char *bell_path(Chanlite *c) {
+  const char *db = sqlite3_db_filename(c->db, "main");
+  if (!db || !db[0]) return 0;
+  return sqlite3_mprintf("%s-chanlite", db);
+}
+
+/* The bell, created if need be, open for ringing; -1 if it cannot be. */
+static int bell(Chanlite *c) {
+  char *path;
+  if (c->bell_fd >= 0) return c->bell_fd;
+  path = bell_path(c);
+  if (path) c->bell_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  sqlite3_free(path);
+  return c->bell_fd;
+}
+
+/* Best effort: a waiter that hears nothing still looks again at its
+** timeout, so a bell that cannot ring delays delivery, never loses it. */
+static void ring(Chanlite *c) {
+  int fd = bell(c);
+  char byte = 0;
+  if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) { /* nothing to do */ }
+}
+
+static int wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
+  Chanlite *c = arg;
+  if (c->ring_on_commit) {
+    c->ring_on_commit = 0;
+    ring(c);
+  }
+  if (c->autocheckpoint > 0 && frames >= c->autocheckpoint) {
+    sqlite3_wal_checkpoint(db, zDb); /* what SQLite's default hook does */
+  }
+  return SQLITE_OK;
+}
+
+void chanlite_after_commit(Chanlite *c, int own_txn) {
+  void *prev;
+  if (own_txn) {
+    ring(c);
+    return;
+  }
+  c->ring_on_commit = 1;
+  /* Installed again by every send in a transaction, since PRAGMA
+  ** wal_autocheckpoint replaces it. What it replaces is SQLite's default
+  ** hook, whose argument is the auto-checkpoint size, or none (size 0). */
+  prev = sqlite3_wal_hook(c->db, wal_hook, c);
+  if (prev != c) {
+    c->autocheckpoint = (uintptr_t)prev <= 1000000000u ? (int)(uintptr_t)prev : 0;
+  }
+}
+
+void chanlite_wake_close(Chanlite *c) {
+  if (c->bell_fd >= 0) close(c->bell_fd);
+  if (c->watch_fd >= 0) close(c->watch_fd);
+  c->bell_fd = c->watch_fd = -1;
+}
+
+/* An inotify descriptor watching the bell, or -1 where there is none. */
+static int watch(Chanlite *c) {
+#ifdef __linux__
+  char *path;
+  int fd;
+  if (c->watch_fd >= 0) return c->watch_fd;
+  if (bell(c) < 0 || !(path = bell_path(c))) return -1;
+  fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (fd >= 0 && inotify_add_watch(fd, path, IN_MODIFY) < 0) {
+    close(fd);
+    fd = -1;
+  }
+  sqlite3_free(path);
+  c->watch_fd = fd;
+  return fd;
+#else
+  (void)c;
+  return -1;
+#endif
+}
+
+static void drain(int fd) {
+  char buf[4096];
+  while (read(fd, buf, sizeof buf) > 0) {}
+}
+
+static double monotonic(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_seconds(double s) {
+  struct timespec ts;
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+}
+
+static int in_transaction(Chanlite *c) {
+  if (!sqlite3_get_autocommit(c->db)) return 1;
+#if SQLITE_VERSION_NUMBER >= 3034000
+  /* A statement that reads tables and calls channel_wait holds a snapshot
+  ** too; only 3.34+ can tell. */
+  if (sqlite3_libversion_number() >= 3034000 &&
+      sqlite3_txn_state(c->db, "main") != SQLITE_TXN_NONE) {
+    return 1;
+  }
+#endif
+  return 0;
+}
+
+static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  ChannelName ch;
+  int type = sqlite3_value_type(argv[1]);
+  double timeout = sqlite3_value_double(argv[1]), deadline, left, backoff = 0.001;
+  int found = 0, fd;
+  int rc = chanlite_channel_arg(c, argv[0], &ch);
+  (void)argc;
+  if (rc == SQLITE_OK && !((type == SQLITE_INTEGER || type == SQLITE_FLOAT) &&
+                           isfinite(timeout) && timeout >= 0)) {
+    rc = chanlite_fail(c, SQLITE_MISMATCH,
+                       "channel_wait() timeout must be a non-negative number of seconds, not %s",
+                       chanlite_type_name(type));
+  }
+  if (rc == SQLITE_OK && in_transaction(c)) {
+    rc = chanlite_fail(c, SQLITE_MISUSE,
+                       "channel_wait() cannot wait inside a transaction or a statement that "
+                       "reads tables: its snapshot would never show a new message");
+  }
+  if (rc != SQLITE_OK) {
+    chanlite_report(c, ctx);
+    return;
+  }
+  deadline = monotonic() + timeout;
+  fd = watch(c);
+  for (;;) {
+    if (fd >= 0) drain(fd);
+    rc = chanlite_peek(c, &ch, &found);
+    if (rc != SQLITE_OK || found) break;
+    left = deadline - monotonic();
+    if (left <= 0) break;
+    if (fd >= 0) {
+      /* At most a second at a time, so that sqlite3_interrupt() is noticed
+      ** by the next look. */
+      struct pollfd p = {fd, POLLIN, 0};
+      double slice = left < 1.0 ? left : 1.0;
+      poll(&p, 1, (int)ceil(slice * 1000));
+    } else {
+      sleep_seconds(left < backoff ? left : backoff);
+      backoff = backoff * 2 < 0.05 ? backoff * 2 : 0.05;
+    }
+  }
+  if (rc != SQLITE_OK) chanlite_report(c, ctx);
+  else sqlite3_result_int(ctx, found);
+}
+
+static void fn_bell_path(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  char *path;
+  (void)argc; (void)argv;
+  if (bell(c) < 0 || !(path = bell_path(c))) {
+    sqlite3_result_null(ctx);
+    return;
+  }
+  sqlite3_result_text(ctx, path, -1, sqlite3_free);
+}
+
+/* Neither writes to the database; both touch the file system next to it,
+** which a view or trigger has no business doing: DIRECTONLY. */
+const ChanliteFunction chanlite_wake_functions[] = {
+  {"channel_wait", 2, 2, "channel_wait(channel, timeout_seconds)", CHANLITE_WRITE, fn_wait},
+  {"chanlite_bell_path", 0, 0, "chanlite_bell_path()", CHANLITE_WRITE, fn_bell_path},
+};
+const int chanlite_wake_function_count =
+    (int)(sizeof chanlite_wake_functions / sizeof chanlite_wake_functions[0]);
