@@ -134,6 +134,18 @@ static void sleep_seconds(double s) {
   while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
 }
 
+/* SQLite reports an interrupt to the next statement stepped. */
+static int interrupted(Chanlite *c) {
+  sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_NOOP);
+  int rc;
+  if (!s) return c->err_code;
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) rc = SQLITE_OK;
+  else chanlite_fail_sqlite(c, rc);
+  sqlite3_reset(s);
+  return rc;
+}
+
 static int in_transaction(Chanlite *c) {
   if (!sqlite3_get_autocommit(c->db)) return 1;
 #if SQLITE_VERSION_NUMBER >= 3034000
@@ -150,7 +162,7 @@ static int in_transaction(Chanlite *c) {
 static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   ChannelName ch;
   int type = sqlite3_value_type(argv[1]);
-  double timeout = sqlite3_value_double(argv[1]), deadline, left, backoff = 0.001;
+  double timeout = sqlite3_value_double(argv[1]), deadline, left = 0, backoff = 0.001;
   int found = 0, fd;
   int rc = chanlite_channel_arg(c, argv[0], &ch);
   (void)argc;
@@ -169,23 +181,26 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
     chanlite_report(c, ctx);
     return;
   }
+  /* Looks at the queue first, then only when the bell rings: a ring that
+  ** never comes shows as a timeout, not as a late delivery that hides it. */
   deadline = monotonic() + timeout;
   fd = watch(c);
-  for (;;) {
-    if (fd >= 0) drain(fd);
-    rc = chanlite_peek(c, &ch, &found);
-    if (rc != SQLITE_OK || found) break;
-    left = deadline - monotonic();
-    if (left <= 0) break;
+  if (fd >= 0) drain(fd);
+  rc = chanlite_peek(c, &ch, &found);
+  while (rc == SQLITE_OK && !found && (left = deadline - monotonic()) > 0) {
     if (fd >= 0) {
-      /* At most a second at a time, so that sqlite3_interrupt() is noticed
-      ** by the next look. */
+      /* A second at a time, to notice sqlite3_interrupt(). */
       struct pollfd p = {fd, POLLIN, 0};
-      double slice = left < 1.0 ? left : 1.0;
-      poll(&p, 1, (int)ceil(slice * 1000));
+      if (poll(&p, 1, (int)ceil((left < 1.0 ? left : 1.0) * 1000)) > 0) {
+        drain(fd);
+        rc = chanlite_peek(c, &ch, &found);
+      } else {
+        rc = interrupted(c);
+      }
     } else {
       sleep_seconds(left < backoff ? left : backoff);
       backoff = backoff * 2 < 0.05 ? backoff * 2 : 0.05;
+      rc = chanlite_peek(c, &ch, &found);
     }
   }
   if (rc != SQLITE_OK) chanlite_report(c, ctx);

@@ -35,3 +35,7 @@ PRAGMA main.journal_mode
 
 -- name: busy_timeout
 PRAGMA busy_timeout
+
+-- Does nothing; stepping it reports an sqlite3_interrupt() (channel_wait).
+-- name: noop
+SELECT 1
