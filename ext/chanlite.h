@@ -41,8 +41,8 @@ struct Chanlite {
   int ring_on_commit;  /* a send joined the caller's transaction (wake.c) */
   int wal_hooked;      /* our WAL hook is installed (wake.c) */
   int autocheckpoint;  /* what SQLite's own WAL hook would checkpoint at */
-  int bell_fd;         /* the bell file, open for ringing; -1 if not yet */
-  int watch_fd;        /* inotify watching the bell, for channel_wait; -1 */
+  int bell_fd;         /* the bell, open for ringing; -1 not yet, -2 cannot */
+  int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and

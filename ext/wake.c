@@ -43,12 +43,14 @@ static char *bell_path(Chanlite *c) {
   return sqlite3_mprintf("%s-chanlite", db);
 }
 
-/* The bell, created if need be, open for ringing; -1 if it cannot be. */
+/* The bell, created if need be, open for ringing; negative if it cannot
+** be (-1: not tried yet, -2: tried and failed, so not tried on every send). */
 static int bell(Chanlite *c) {
   char *path;
-  if (c->bell_fd >= 0) return c->bell_fd;
+  if (c->bell_fd != -1) return c->bell_fd;
   path = bell_path(c);
-  if (path) c->bell_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  c->bell_fd = path ? open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+  if (c->bell_fd < 0) c->bell_fd = -2;
   sqlite3_free(path);
   return c->bell_fd;
 }
@@ -95,24 +97,25 @@ void chanlite_wake_close(Chanlite *c) {
   c->bell_fd = c->watch_fd = -1;
 }
 
-/* An inotify descriptor watching the bell, or -1 where there is none. */
+/* An inotify descriptor watching the bell, or negative where there is none. */
 static int watch(Chanlite *c) {
 #ifdef __linux__
   char *path;
   int fd;
-  if (c->watch_fd >= 0) return c->watch_fd;
-  if (bell(c) < 0 || !(path = bell_path(c))) return -1;
+  if (c->watch_fd != -1) return c->watch_fd;  /* -2: tried and failed */
+  c->watch_fd = -2;
+  if (bell(c) < 0 || !(path = bell_path(c))) return -2;
   fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (fd >= 0 && inotify_add_watch(fd, path, IN_MODIFY) < 0) {
     close(fd);
     fd = -1;
   }
   sqlite3_free(path);
-  c->watch_fd = fd;
-  return fd;
+  if (fd >= 0) c->watch_fd = fd;
+  return c->watch_fd;
 #else
   (void)c;
-  return -1;
+  return -2;
 #endif
 }
 
