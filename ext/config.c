@@ -198,10 +198,28 @@ static void fn_capacity(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_val
   else sqlite3_result_int64(ctx, n);
 }
 
+/* Whether a statement that writes is running: then chanlite_clock is being
+** called from it, e.g. from a CHECK constraint, where SQLite (3.40 at least)
+** does not enforce DIRECTONLY. Write functions need no such check: they
+** cannot commit or open a savepoint there (transaction.c). */
+static int inside_write(sqlite3 *db) {
+  sqlite3_stmt *s;
+  for (s = sqlite3_next_stmt(db, 0); s; s = sqlite3_next_stmt(db, s)) {
+    if (sqlite3_stmt_busy(s) && !sqlite3_stmt_readonly(s)) return 1;
+  }
+  return 0;
+}
+
 static void fn_clock(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   int type = sqlite3_value_type(argv[0]);
   double t = sqlite3_value_double(argv[0]);
   (void)argc;
+  if (inside_write(c->db)) {
+    chanlite_fail(c, SQLITE_MISUSE, "chanlite_clock() must run from a statement of its own, "
+                  "not from inside INSERT, UPDATE or DELETE");
+    chanlite_report(c, ctx);
+    return;
+  }
   if (type == SQLITE_NULL) {
     c->clock_pinned = 0;
   } else if ((type == SQLITE_INTEGER || type == SQLITE_FLOAT) && isfinite(t) && t >= 0) {

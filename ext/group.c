@@ -61,25 +61,33 @@ static void fn_group_add(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_va
   else chanlite_report(c, ctx);
 }
 
+/* Run one of the two discard statements; *removed counts what it deleted. */
+static int discard(Chanlite *c, int id, const char *group, int n_group,
+                   const ChannelName *ch, double now, int *removed) {
+  sqlite3_stmt *s = chanlite_stmt(c, id);
+  int rc;
+  if (!s) return c->err_code;
+  sqlite3_bind_text(s, 1, group, n_group, SQLITE_STATIC);
+  sqlite3_bind_text(s, 2, ch->full, ch->n_full, SQLITE_STATIC);
+  if (sqlite3_bind_parameter_count(s) >= 3) sqlite3_bind_double(s, 3, now);
+  rc = chanlite_step_done(c, s);
+  *removed = rc == SQLITE_OK && sqlite3_changes(c->db) > 0;
+  return rc;
+}
+
 static void fn_group_discard(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   const char *group = 0;
-  int n_group = 0, removed = 0;
+  int n_group = 0, expired = 0, removed = 0;
   ChannelName ch;
-  sqlite3_stmt *s;
+  double now = chanlite_time(c);
   int rc = group_and_channel(c, argv, &group, &n_group, &ch);
   (void)argc;
   if (rc == SQLITE_OK) {
     rc = chanlite_begin(c);
     if (rc == SQLITE_OK) {
-      s = chanlite_stmt(c, CHANLITE_STMT_GROUP_DISCARD);
-      if (!s) rc = c->err_code;
-      else {
-        sqlite3_bind_text(s, 1, group, n_group, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, ch.full, ch.n_full, SQLITE_STATIC);
-        rc = chanlite_step_done(c, s);
-        removed = sqlite3_changes(c->db) > 0;
-      }
+      rc = discard(c, CHANLITE_STMT_GROUP_DISCARD_EXPIRED, group, n_group, &ch, now, &expired);
     }
+    if (rc == SQLITE_OK) rc = discard(c, CHANLITE_STMT_GROUP_DISCARD, group, n_group, &ch, now, &removed);
     rc = chanlite_end(c, rc);
   }
   if (rc == SQLITE_OK) sqlite3_result_int(ctx, removed);

@@ -111,7 +111,7 @@ int chanlite_peek(Chanlite *c, const ChannelName *ch, int *found) {
 
 /* Find the oldest unexpired message, removing expired ones ahead of it.
 ** On success *row is the head statement positioned on it (columns: id,
-** local, expires_at, body), or NULL if there is none; the caller reads it
+** local, expires_at, body, sent_at), or NULL if there is none; the caller reads it
 ** and then calls chanlite_pop_done(). Runs inside a transaction. */
 int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **row) {
   sqlite3_stmt *s;

@@ -52,8 +52,10 @@ static const char *name_problem(const char *z, int n, int allow_bang,
 
 static int invalid_name(Chanlite *c, const char *kind, const char *z, int n,
                         const char *why) {
-  char *shown = render(z, n);
+  char *shown;
   int rc;
+  if (n == 0) return chanlite_fail(c, SQLITE_ERROR, "invalid %s name: '' (empty)", kind);
+  shown = render(z, n);
   if (!shown) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
   rc = chanlite_fail(c, SQLITE_ERROR, "invalid %s name: %s (%s)", kind, shown, why);
   sqlite3_free(shown);

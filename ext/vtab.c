@@ -39,17 +39,32 @@ typedef struct BatchTab {
   Chanlite *c;
 } BatchTab;
 
+/* A popped message, held until the caller reads it. */
+typedef struct Popped {
+  char *channel;          /* full name */
+  sqlite3_value *body;
+  sqlite3_int64 id;
+  double sent_at, expires_at;
+  int read;               /* the caller read its message column */
+} Popped;
+
 typedef struct BatchCursor {
   sqlite3_vtab_cursor base;
+  Chanlite *worker;       /* the connection it popped through */
+  int n_queue;            /* bytes of each channel name that are its queue */
   int n, i, alloc;
-  char **names;
-  sqlite3_value **bodies;
+  Popped *rows;
 } BatchCursor;
 
 #define BATCH_COL_CHANNEL 0
 #define BATCH_COL_MESSAGE 1
 #define BATCH_COL_FROM 2
 #define BATCH_COL_MAX 3
+
+/* idxNum values (see batch_best_index) */
+#define BATCH_PLAN_NO_ARGS 0
+#define BATCH_PLAN_OK 1
+#define BATCH_PLAN_ORDER_BY 2
 
 static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
                          sqlite3_vtab **out, char **err) {
@@ -74,10 +89,13 @@ static int batch_disconnect(sqlite3_vtab *vtab) {
   return SQLITE_OK;
 }
 
-/* Plan: idxNum 1 when both arguments are given as `=` constraints (they are
-** passed to xFilter in order); 0 when they are missing, which xFilter
-** reports as an error naming the arguments. An unusable argument (one that
-** depends on another table of a join) makes the plan impossible. */
+/* Plans, in idxNum: BATCH_PLAN_OK when both arguments are given as `=`
+** constraints (passed to xFilter in order); BATCH_PLAN_NO_ARGS when they are
+** missing, and BATCH_PLAN_ORDER_BY for an ORDER BY (which would read every
+** popped row into a sorter before a LIMIT drops some): xFilter reports both
+** as errors, so the caller learns what is wrong instead of losing messages.
+** An argument that depends on another table of a join makes the plan
+** impossible. */
 static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
   int i, from = -1, max = -1, unusable = 0;
   (void)vtab;
@@ -93,27 +111,63 @@ static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
     info->aConstraintUsage[from].omit = 1;
     info->aConstraintUsage[max].argvIndex = 2;
     info->aConstraintUsage[max].omit = 1;
-    info->idxNum = 1;
+    info->idxNum = info->nOrderBy > 0 ? BATCH_PLAN_ORDER_BY : BATCH_PLAN_OK;
     info->estimatedCost = 10;
     return SQLITE_OK;
   }
   if (unusable) return SQLITE_CONSTRAINT;
-  info->idxNum = 0;
+  info->idxNum = BATCH_PLAN_NO_ARGS;
   info->estimatedCost = 1e12;
   return SQLITE_OK;
 }
 
+/* Messages popped but never read go back to their queue. Best effort in
+** xClose, which cannot fail: a put-back that fails is logged. */
+static void batch_put_back(BatchCursor *cur) {
+  Chanlite *w = cur->worker;
+  sqlite3_stmt *s;
+  int i, unread = 0, rc;
+  for (i = 0; i < cur->n; i++) unread += !cur->rows[i].read;
+  if (!w || unread == 0) return;
+  w->fn = "channel_recv_batch";
+  rc = chanlite_begin(w);
+  for (i = 0; i < cur->n && rc == SQLITE_OK; i++) {
+    Popped *p = &cur->rows[i];
+    if (p->read) continue;
+    s = chanlite_stmt(w, CHANLITE_STMT_PUT_BACK);
+    if (!s) { rc = w->err_code; break; }
+    sqlite3_bind_int64(s, 1, p->id);
+    sqlite3_bind_text(s, 2, p->channel, cur->n_queue, SQLITE_STATIC);
+    if (p->channel[cur->n_queue - 1] == '!') {
+      sqlite3_bind_text(s, 3, p->channel + cur->n_queue, -1, SQLITE_STATIC);
+    } else {
+      sqlite3_bind_null(s, 3);
+    }
+    sqlite3_bind_double(s, 4, p->sent_at);
+    sqlite3_bind_double(s, 5, p->expires_at);
+    sqlite3_bind_value(s, 6, p->body);
+    rc = chanlite_step_done(w, s);
+  }
+  w->sent = rc == SQLITE_OK; /* ring: they are back */
+  rc = chanlite_end(w, rc);
+  if (rc != SQLITE_OK) {
+    sqlite3_log(rc, "chanlite: channel_recv_batch could not put back %d unread "
+                "messages: %s", unread, w->err ? w->err : "error");
+  }
+  chanlite_clear_error(w);
+}
+
 static void batch_clear(BatchCursor *cur) {
   int i;
+  batch_put_back(cur);
   for (i = 0; i < cur->n; i++) {
-    sqlite3_free(cur->names[i]);
-    sqlite3_value_free(cur->bodies[i]);
+    sqlite3_free(cur->rows[i].channel);
+    sqlite3_value_free(cur->rows[i].body);
   }
-  sqlite3_free(cur->names);
-  sqlite3_free(cur->bodies);
-  cur->names = 0;
-  cur->bodies = 0;
+  sqlite3_free(cur->rows);
+  cur->rows = 0;
   cur->n = cur->i = cur->alloc = 0;
+  cur->worker = 0;
 }
 
 static int batch_open(sqlite3_vtab *vtab, sqlite3_vtab_cursor **out) {
@@ -131,28 +185,30 @@ static int batch_close(sqlite3_vtab_cursor *cur) {
   return SQLITE_OK;
 }
 
-/* Keep the row the head statement is on: its full channel name and body. */
+/* Keep the row the head statement is on. */
 static int batch_keep(Chanlite *c, BatchCursor *cur, const ChannelName *ch,
                       sqlite3_stmt *row) {
   const char *local = (const char *)sqlite3_column_text(row, 1);
+  Popped *p;
   if (cur->n == cur->alloc) {
     int alloc = cur->alloc ? cur->alloc * 2 : 16;
-    char **names = sqlite3_realloc64(cur->names, sizeof(char *) * (sqlite3_uint64)alloc);
-    sqlite3_value **bodies;
-    if (!names) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
-    cur->names = names;
-    bodies = sqlite3_realloc64(cur->bodies, sizeof(sqlite3_value *) * (sqlite3_uint64)alloc);
-    if (!bodies) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
-    cur->bodies = bodies;
+    Popped *rows = sqlite3_realloc64(cur->rows, sizeof(Popped) * (sqlite3_uint64)alloc);
+    if (!rows) return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+    cur->rows = rows;
     cur->alloc = alloc;
   }
-  cur->names[cur->n] = sqlite3_mprintf("%.*s%s", ch->n_queue, ch->full, local ? local : "");
-  cur->bodies[cur->n] = sqlite3_value_dup(sqlite3_column_value(row, 3));
-  if (!cur->names[cur->n] || !cur->bodies[cur->n]) {
-    sqlite3_free(cur->names[cur->n]);
-    sqlite3_value_free(cur->bodies[cur->n]);
+  p = &cur->rows[cur->n];
+  memset(p, 0, sizeof *p);
+  p->channel = sqlite3_mprintf("%.*s%s", ch->n_queue, ch->full, local ? local : "");
+  p->body = sqlite3_value_dup(sqlite3_column_value(row, 3));
+  if (!p->channel || !p->body) {
+    sqlite3_free(p->channel);
+    sqlite3_value_free(p->body);
     return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
   }
+  p->id = sqlite3_column_int64(row, 0);
+  p->expires_at = sqlite3_column_double(row, 2);
+  p->sent_at = sqlite3_column_double(row, 4);
   cur->n++;
   return SQLITE_OK;
 }
@@ -236,14 +292,21 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   (void)idxStr; (void)argc;
   batch_clear(cur);
   c->fn = "channel_recv_batch";
-  if (idxNum != 1) {
+  if (idxNum == BATCH_PLAN_NO_ARGS) {
     chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch(channel, max) needs both arguments");
+    return vtab_error(c, base->pVtab);
+  }
+  if (idxNum == BATCH_PLAN_ORDER_BY) {
+    chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch() rows come in FIFO order: "
+                  "ORDER BY is not allowed");
     return vtab_error(c, base->pVtab);
   }
   rc = chanlite_channel_arg(c, argv[0], &ch);
   if (rc == SQLITE_OK) rc = batch_max_arg(c, argv[1], &max);
   if (rc != SQLITE_OK) return vtab_error(c, base->pVtab);
   w = batch_connection(c);
+  cur->worker = w;
+  cur->n_queue = ch.n_queue;
   rc = chanlite_peek(w, &ch, &found);
   if (rc == SQLITE_OK && found) {
     rc = chanlite_begin(w);
@@ -258,6 +321,7 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
     rc = chanlite_end(w, rc);
   }
   if (rc != SQLITE_OK) {
+    cur->worker = 0; /* rolled back: nothing to put back */
     batch_clear(cur);
     return vtab_error(w, base->pVtab);
   }
@@ -275,8 +339,13 @@ static int batch_eof(sqlite3_vtab_cursor *cur) {
 
 static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col) {
   BatchCursor *cur = (BatchCursor *)base;
-  if (col == BATCH_COL_CHANNEL) sqlite3_result_text(ctx, cur->names[cur->i], -1, SQLITE_TRANSIENT);
-  else if (col == BATCH_COL_MESSAGE) sqlite3_result_value(ctx, cur->bodies[cur->i]);
+  Popped *p = &cur->rows[cur->i];
+  if (col == BATCH_COL_CHANNEL) {
+    sqlite3_result_text(ctx, p->channel, -1, SQLITE_TRANSIENT);
+  } else if (col == BATCH_COL_MESSAGE) {
+    sqlite3_result_value(ctx, p->body);
+    p->read = 1;
+  }
   return SQLITE_OK;
 }
 

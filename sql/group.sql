@@ -5,6 +5,11 @@ INSERT INTO main.chanlite_group(group_name, channel, expires_at)
 VALUES (?1, ?2, ?3)
 ON CONFLICT(group_name, channel) DO UPDATE SET expires_at = excluded.expires_at
 
+-- An expired membership is removed too, but does not count as one (?3 is now).
+-- name: group_discard_expired
+DELETE FROM main.chanlite_group
+WHERE group_name = ?1 AND channel = ?2 AND expires_at <= ?3
+
 -- name: group_discard
 DELETE FROM main.chanlite_group WHERE group_name = ?1 AND channel = ?2
 

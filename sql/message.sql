@@ -27,13 +27,21 @@ SELECT 1 FROM main.chanlite_message WHERE queue = ?1 AND local = ?2 LIMIT 1
 
 -- The oldest message of a channel, or of every channel of a `prefix!`.
 -- name: head_of_queue
-SELECT id, local, expires_at, body FROM main.chanlite_message
+SELECT id, local, expires_at, body, sent_at FROM main.chanlite_message
 WHERE queue = ?1 ORDER BY id LIMIT 1
 
 -- The oldest message of one `prefix!local` channel.
 -- name: head_of_local
-SELECT id, local, expires_at, body FROM main.chanlite_message
+SELECT id, local, expires_at, body, sent_at FROM main.chanlite_message
 WHERE queue = ?1 AND local = ?2 ORDER BY id LIMIT 1
 
 -- name: delete_message
 DELETE FROM main.chanlite_message WHERE id = ?1
+
+-- A message channel_recv_batch removed but its caller never read (a LIMIT,
+-- a WHERE on its rows) goes back where it was: under its old id if that is
+-- still free, so FIFO order holds, else at the end.
+-- name: put_back
+INSERT INTO main.chanlite_message(id, queue, local, sent_at, expires_at, body)
+VALUES (CASE WHEN EXISTS (SELECT 1 FROM main.chanlite_message WHERE id = ?1)
+             THEN NULL ELSE ?1 END, ?2, ?3, ?4, ?5, ?6)

@@ -181,6 +181,7 @@ int main(int argc, char **argv) {
     char extra[300];
     snprintf(extra, sizeof extra, "%s-wal", db_path); unlink(extra);
     snprintf(extra, sizeof extra, "%s-shm", db_path); unlink(extra);
+    snprintf(extra, sizeof extra, "%s-chanlite", db_path); unlink(extra);
   }
   free(text);
   printf("%s: %d passed, %d failed\n", argv[2], passed, failed);
