@@ -40,7 +40,8 @@ int chanlite_fail(Chanlite *c, int code, const char *fmt, ...) {
 int chanlite_fail_sqlite(Chanlite *c, int rc) {
   const char *msg = sqlite3_errmsg(c->db);
   if (strstr(msg, "SQL statements in progress")) {
-    return chanlite_fail(c, rc,
+    /* Not SQLITE_BUSY, which callers retry: no retry can fix this. */
+    return chanlite_fail(c, SQLITE_MISUSE,
         "%s() must run from a statement of its own, not from inside "
         "INSERT, UPDATE or DELETE: use SELECT %s(...)", c->fn, c->fn);
   }

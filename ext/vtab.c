@@ -10,7 +10,10 @@
 ** it holds BATCH_BYTES of messages, so a batch never needs more memory than
 ** that plus one message; fewer rows than asked does not mean the queue is
 ** empty. All rows are popped, in one transaction, before the first is
-** returned: use it alone, not in a join (each scan would pop again).
+** returned: use it alone, not in a join (each scan would pop again). Rows
+** the caller never reads go back to their queue. A hidden column,
+** expires_at, tells when each message would have expired, for a process
+** that holds messages before handing them on.
 **
 **   SELECT * FROM chanlite_channels;  -- channel, depth, oldest_age
 **   SELECT * FROM chanlite_groups;    -- group_name, channel, expires_in
@@ -60,19 +63,22 @@ typedef struct BatchCursor {
 #define BATCH_COL_MESSAGE 1
 #define BATCH_COL_FROM 2
 #define BATCH_COL_MAX 3
+#define BATCH_COL_EXPIRES_AT 4
 
 /* idxNum values (see batch_best_index) */
 #define BATCH_PLAN_NO_ARGS 0
 #define BATCH_PLAN_OK 1
 #define BATCH_PLAN_ORDER_BY 2
+#define BATCH_PLAN_EXTRA_ARG 3
 
 static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
                          sqlite3_vtab **out, char **err) {
   BatchTab *t;
   int rc;
   (void)argc; (void)argv; (void)err;
+  /* The hidden columns after the arguments: read them by name. */
   rc = sqlite3_declare_vtab(db, "CREATE TABLE x(channel TEXT, message BLOB, "
-                                "from_channel HIDDEN, max HIDDEN)");
+                                "from_channel HIDDEN, max HIDDEN, expires_at REAL HIDDEN)");
   if (rc != SQLITE_OK) return rc;
   t = sqlite3_malloc(sizeof *t);
   if (!t) return SQLITE_NOMEM;
@@ -93,7 +99,9 @@ static int batch_disconnect(sqlite3_vtab *vtab) {
 ** constraints (passed to xFilter in order); BATCH_PLAN_NO_ARGS when they are
 ** missing, and BATCH_PLAN_ORDER_BY for an ORDER BY (which would read every
 ** popped row into a sorter before a LIMIT drops some): xFilter reports both
-** as errors, so the caller learns what is wrong instead of losing messages.
+** as errors, so the caller learns what is wrong instead of losing messages;
+** likewise BATCH_PLAN_EXTRA_ARG, for a constraint on expires_at (a third
+** argument lands there).
 ** An argument that depends on another table of a join makes the plan
 ** impossible. */
 static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
@@ -101,6 +109,12 @@ static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
   (void)vtab;
   for (i = 0; i < info->nConstraint; i++) {
     const struct sqlite3_index_constraint *k = &info->aConstraint[i];
+    if (k->iColumn == BATCH_COL_EXPIRES_AT) {
+      /* A third argument lands here (or a WHERE on expires_at): refuse. */
+      info->idxNum = BATCH_PLAN_EXTRA_ARG;
+      info->estimatedCost = 1;
+      return SQLITE_OK;
+    }
     if (k->iColumn != BATCH_COL_FROM && k->iColumn != BATCH_COL_MAX) continue;
     if (!k->usable || k->op != SQLITE_INDEX_CONSTRAINT_EQ) { unusable = 1; continue; }
     if (k->iColumn == BATCH_COL_FROM) from = i;
@@ -296,6 +310,11 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
     chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch(channel, max) needs both arguments");
     return vtab_error(c, base->pVtab);
   }
+  if (idxNum == BATCH_PLAN_EXTRA_ARG) {
+    chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch() takes 2 arguments (channel, max), "
+                  "and its expires_at column cannot be filtered");
+    return vtab_error(c, base->pVtab);
+  }
   if (idxNum == BATCH_PLAN_ORDER_BY) {
     chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch() rows come in FIFO order: "
                   "ORDER BY is not allowed");
@@ -345,6 +364,8 @@ static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col
   } else if (col == BATCH_COL_MESSAGE) {
     sqlite3_result_value(ctx, p->body);
     p->read = 1;
+  } else if (col == BATCH_COL_EXPIRES_AT) {
+    sqlite3_result_double(ctx, p->expires_at);
   }
   return SQLITE_OK;
 }

@@ -158,13 +158,16 @@ int main(int argc, char **argv) {
       sqlite3_str_appendf(want, "%.*s\n", (int)(p - line), line);
     }
     expected = sqlite3_str_finish(want);
-    if (strcmp(expected ? expected : "", got ? got : "") == 0) {
+    /* sqlite3_str_finish() gives NULL for an empty string. */
+    if (!expected) expected = sqlite3_mprintf("");
+    if (!got) got = sqlite3_mprintf("");
+    if (!expected || !got) { fprintf(stderr, "sqltest: out of memory\n"); return 2; }
+    if (strcmp(expected, got) == 0) {
       passed++;
     } else {
       failed++;
       printf("%s:%d: %.*s\n  expected:\n%s  got:\n%s", argv[2], line_of(text, stmt_at),
-             (int)strcspn(stmt_at, "\n"), stmt_at, expected ? expected : "",
-             got ? got : "(out of memory)\n");
+             (int)strcspn(stmt_at, "\n"), stmt_at, expected, got);
     }
     sqlite3_free(expected);
     sqlite3_free(got);
