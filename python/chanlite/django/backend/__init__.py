@@ -1,0 +1,1 @@
+"""``"ENGINE": "chanlite.django.backend"``: Django's sqlite3 backend with chanlite."""

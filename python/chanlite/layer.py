@@ -1,0 +1,732 @@
+"""The Django Channels channel layer on chanlite.
+
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "chanlite.layer.SQLiteChannelLayer",
+            "CONFIG": {"path": BASE_DIR / "channels.sqlite3"},   # or {"database": "default"}
+        },
+    }
+
+Every operation is one chanlite SQL call, run on a small pool of threads that
+each hold a connection (WAL, synchronous=NORMAL, a busy timeout): blocking
+SQLite calls never run on the event loop.
+
+Receiving. A process keeps, per SQLite queue it receives from (one
+``prefix!`` for all of its process-specific channels, or one normal channel),
+a :class:`_Queue`: bounded per-channel buffers, the receive() calls waiting
+on them, and at most one receiver task that pops messages from SQLite into
+the buffers while anybody waits (and stops when nobody does). A message
+popped from SQLite is only ever put in a buffer; a receive() takes one out
+and returns it in the same step, with no await in between, so a receive()
+cancelled at any point has taken nothing, and whatever the receiver popped
+stays buffered for the next receive() of that channel. The buffers are shared
+by every event loop of the process (async_to_sync runs each call in a loop of
+its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import concurrent.futures
+import contextlib
+import fnmatch
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+
+import chanlite
+
+__all__ = ["ChannelFull", "SQLiteChannelLayer", "glob_for_pattern"]
+
+T = TypeVar("T")
+
+#: Most messages one receiver pops from SQLite in one call.
+BATCH = 100
+#: Poll intervals of the placeholder wait (see _Queue.wait_for_messages).
+POLL_MIN = 0.001
+POLL_MAX = 0.05
+
+logger = logging.getLogger("chanlite")
+
+
+def glob_for_pattern(pattern: str | re.Pattern[str]) -> str:
+    """The SQLite GLOB equivalent of a channel_capacity key.
+
+    A string is a glob already (as in channels_redis). A compiled regex is
+    translated when it is a plain one (literals, ``.``, ``.*``, anchors, or
+    what ``fnmatch.translate`` makes); anything else raises ValueError, since
+    chanlite matches capacities in SQL, by GLOB.
+    """
+    if isinstance(pattern, str):
+        if not pattern:
+            raise ValueError("chanlite: a channel_capacity pattern must not be empty")
+        return pattern
+    if not isinstance(pattern, re.Pattern):
+        raise TypeError(
+            f"chanlite: channel_capacity keys must be glob strings or compiled regexes, "
+            f"not {type(pattern).__name__}"
+        )
+    source = pattern.pattern
+    wrapped = re.fullmatch(r"\(\?s:(.*)\)\\Z", source, re.S)  # fnmatch.translate's form
+    if wrapped:
+        source, anchored = wrapped.group(1), True
+    else:
+        anchored = False
+        for end in ("\\Z", "$"):
+            if source.endswith(end) and not source.endswith("\\" + end):
+                source, anchored = source[: -len(end)], True
+                break
+    source = source.removeprefix("^")
+    glob: list[str] = []
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if ch == "\\" and i + 1 < len(source) and not source[i + 1].isalnum():
+            literal = source[i + 1]
+            if literal in "*?[]":
+                break
+            glob.append(literal)
+            i += 2
+        elif source.startswith(".*", i):
+            glob.append("*")
+            i += 2
+        elif ch == ".":
+            glob.append("?")
+            i += 1
+        elif ch.isalnum() or ch in "-_!":
+            glob.append(ch)
+            i += 1
+        else:
+            break
+    else:
+        if not anchored and glob[-1:] != ["*"]:
+            glob.append("*")
+        return "".join(glob)
+    raise ValueError(
+        f"chanlite: channel_capacity regex {pattern.pattern!r} has no GLOB equivalent: "
+        "use a glob string such as 'http.response!*' (chanlite matches capacities in SQL)"
+    )
+
+
+class _Backoff:
+    """The adaptive poll interval: short after activity, longer while idle."""
+
+    def __init__(self) -> None:
+        self.delay = POLL_MIN
+
+    def reset(self) -> None:
+        self.delay = POLL_MIN
+
+    def next(self) -> float:
+        delay = self.delay
+        self.delay = min(self.delay * 2, POLL_MAX)
+        return delay
+
+
+def _resolve(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _cancel(fut: asyncio.Future[Any]) -> None:
+    fut.cancel()
+
+
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Run fn soon in loop, from any thread; a loop that is gone is ignored."""
+    with contextlib.suppress(RuntimeError):  # loop closed
+        loop.call_soon_threadsafe(fn, *args)
+
+
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class _Queue:
+    """What this process holds of one SQLite queue: for a process-specific
+    ``prefix!``, every ``prefix!local`` channel; otherwise one channel.
+
+    All state is guarded by the layer's lock, since receive() may run in
+    several event loops (threads) at once.
+    """
+
+    def __init__(self, layer: SQLiteChannelLayer, name: str) -> None:
+        self.layer = layer
+        self.name = name
+        self.local = name.endswith("!")
+        self.buffers: dict[str, collections.deque[tuple[float, bytes | str]]] = {}
+        self.waiters: dict[str, list[_Waiter]] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.task_loop: asyncio.AbstractEventLoop | None = None
+        self.kick_waiter: _Waiter | None = None
+        self.dropped = 0  # messages dropped from full buffers
+        self.last_sweep = time.monotonic()
+
+    # -- receive() side --
+
+    async def get(self, channel: str) -> bytes | str:
+        """The next message of channel, waiting for it if need be."""
+        loop = asyncio.get_running_loop()
+        lock = self.layer._lock
+        while True:
+            with lock:
+                item = self._take(channel)
+                if item is not None:
+                    self.layer._forget_if_idle(self)
+                    return item  # taken and returned in one step: nothing to lose
+                fut: asyncio.Future[None] = loop.create_future()
+                waiter = (loop, fut)
+                self.waiters.setdefault(channel, []).append(waiter)
+                self._ensure_receiver(loop)
+            try:
+                await fut
+            finally:
+                with lock:
+                    waiting = self.waiters.get(channel, [])
+                    with contextlib.suppress(ValueError):
+                        waiting.remove(waiter)
+                    if not waiting:
+                        self.waiters.pop(channel, None)
+                    self.layer._forget_if_idle(self)
+
+    def _take(self, channel: str) -> bytes | str | None:
+        buffer = self.buffers.get(channel)
+        if not buffer:
+            return None
+        oldest = time.monotonic() - self.layer.expiry
+        while buffer and buffer[0][0] <= oldest:
+            buffer.popleft()  # expired while buffered: never delivered
+        item = buffer.popleft()[1] if buffer else None
+        if not buffer:
+            del self.buffers[channel]
+        return item
+
+    def _ensure_receiver(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the receiver unless one is running (lock held)."""
+        task, task_loop = self.task, self.task_loop
+        if (
+            task is not None
+            and not task.done()
+            and task_loop is not None
+            and not task_loop.is_closed()
+            and task_loop.is_running()
+        ):
+            self._kick()
+            return
+        self.task_loop = loop
+        self.task = loop.create_task(self._run(), name=f"chanlite receiver {self.name}")
+
+    def _kick(self) -> None:
+        """Make an idle receiver look at once (lock held)."""
+        if self.kick_waiter is not None:
+            loop, fut = self.kick_waiter
+            self.kick_waiter = None
+            _call_in(loop, _resolve, fut)
+
+    # -- the receiver --
+
+    def _demand(self) -> int:
+        """How many messages to pop now (lock held)."""
+        if self.local:
+            hungry = any(not self.buffers.get(ch) for ch in self.waiters)
+            return BATCH if hungry else 0
+        waiting = len(self.waiters.get(self.name, ()))
+        return min(BATCH, max(0, waiting - len(self.buffers.get(self.name, ()))))
+
+    async def _run(self) -> None:
+        me = asyncio.current_task()
+        lock = self.layer._lock
+        idle = _Backoff()
+        try:
+            while True:
+                with lock:
+                    want = self._demand()
+                    if want == 0 or self.task is not me:
+                        if self.task is me:
+                            self.task = None
+                        return
+                try:
+                    rows = await self._fetch(want)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._fail_waiters(exc)
+                    return
+                if rows:
+                    self._dispatch(rows)
+                    idle.reset()
+                else:
+                    await self.wait_for_messages(idle)
+        finally:
+            with lock:
+                if self.task is me:
+                    self.task = None
+                self.layer._forget_if_idle(self)
+
+    async def _fetch(self, want: int) -> list[tuple[str, bytes | str]]:
+        """Pop up to want messages in a thread. The pop cannot be undone, so a
+        cancellation waits for it and buffers what it popped before ending."""
+        fut = self.layer._submit(self.layer._sync_recv_batch, self.name, want)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                while not fut.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(fut)
+                self._dispatch(fut.result())
+            raise
+
+    def _dispatch(self, rows: Iterable[tuple[str, bytes | str]]) -> None:
+        now = time.monotonic()
+        with self.layer._lock:
+            touched = set()
+            for channel, body in rows:
+                buffer = self.buffers.get(channel)
+                if buffer is None:
+                    buffer = self.buffers[channel] = collections.deque()
+                if len(buffer) >= self.layer._buffer_size(channel):
+                    buffer.popleft()  # bounded, as channels_redis: the oldest goes
+                    self.dropped += 1
+                    logger.warning(
+                        "chanlite: %s holds %d unreceived messages (its capacity);"
+                        " dropped the oldest",
+                        channel,
+                        len(buffer) + 1,
+                    )
+                buffer.append((now, body))
+                touched.add(channel)
+            for channel in touched:
+                for loop, fut in self.waiters.get(channel, ()):
+                    _call_in(loop, _resolve, fut)
+            if now - self.last_sweep > 1.0:
+                self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Drop expired messages of channels nobody receives (lock held)."""
+        self.last_sweep = now
+        oldest = now - self.layer.expiry
+        for channel in list(self.buffers):
+            buffer = self.buffers[channel]
+            while buffer and buffer[0][0] <= oldest:
+                buffer.popleft()
+            if not buffer:
+                del self.buffers[channel]
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        with self.layer._lock:
+            for waiting in self.waiters.values():
+                for loop, fut in waiting:
+                    _call_in(loop, _fail, fut, exc)
+
+    async def wait_for_messages(self, idle: _Backoff) -> None:
+        """Wait until a message may have arrived in this queue.
+
+        PLACEHOLDER until the wake-up issue (4): a short adaptive poll, 1 ms
+        after activity doubling to 50 ms while idle. It ends early when this
+        process sends to the queue or a new receive() starts waiting (the
+        kick). Replace this one function with a wait on the extension's
+        bell (chanlite_bell_path / channel_wait) to wake on any process's
+        commit instead.
+        """
+        loop = asyncio.get_running_loop()
+        kick: asyncio.Future[None] = loop.create_future()
+        with self.layer._lock:
+            self.kick_waiter = (loop, kick)
+        try:
+            done, _ = await asyncio.wait({kick}, timeout=idle.next())
+            if done:
+                idle.reset()
+        finally:
+            kick.cancel()
+            with self.layer._lock:
+                if self.kick_waiter is not None and self.kick_waiter[1] is kick:
+                    self.kick_waiter = None
+
+    def idle(self) -> bool:
+        """Nothing buffered, nobody waiting, no receiver (lock held)."""
+        return not self.buffers and not self.waiters and self.task is None
+
+
+class SQLiteChannelLayer(BaseChannelLayer):
+    """A Channels layer whose channels, groups and messages live in a SQLite
+    database, through the chanlite extension.
+
+    CONFIG: ``path`` (a database file of its own) or ``database`` (a Django
+    database alias, whose file it shares: see :mod:`chanlite.django` for the
+    transactional send), plus channels_redis's ``expiry`` (60),
+    ``group_expiry`` (86400), ``capacity`` (100), ``channel_capacity`` (glob
+    or simple regex -> capacity) and ``symmetric_encryption_keys``.
+    ``busy_timeout`` (seconds, 5) and ``threads`` (4) tune the connections.
+
+    Settings are stored in the database (chanlite_config), so every process
+    using the file should configure the same values: the last one to start
+    wins.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        database: str | None = None,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[str | re.Pattern[str], int] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        busy_timeout: float = 5.0,
+        threads: int = 4,
+    ) -> None:
+        super().__init__(capacity=capacity)
+        self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
+        if (path is None) == (database is None):
+            raise ValueError(
+                "chanlite: CONFIG needs exactly one of 'path' (a database file for the "
+                "layer) or 'database' (a Django database alias)"
+            )
+        if path is not None and (str(path) in ("", ":memory:") or "mode=memory" in str(path)):
+            raise ValueError("chanlite: 'path' must be a database file, not an in-memory one")
+        self.path = None if path is None else str(path)
+        self.database = database
+        self.group_expiry = group_expiry
+        self.capacity_globs: list[tuple[str, int]] = [
+            (glob_for_pattern(k), int(v)) for k, v in (channel_capacity or {}).items()
+        ]
+        # The same patterns, as channels' get_capacity() reads them (first match wins).
+        self.capacity_patterns: list[tuple[re.Pattern[str], int]] = [
+            (re.compile(fnmatch.translate(glob)), n) for glob, n in self.capacity_globs
+        ]
+        self.channel_capacity = dict(self.capacity_patterns)
+        self.busy_timeout = busy_timeout
+        self.threads = threads
+        self.crypter = self._make_crypter(symmetric_encryption_keys)
+        self.client_prefix = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._queues: dict[str, _Queue] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._tls = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._configured = False
+        self._clock: float | None = None
+        self._clock_generation = 0
+        self._resolved_path: str | None = None
+
+    # ---- encoding ----
+
+    @staticmethod
+    def _make_crypter(keys: Iterable[str | bytes] | None) -> Any:
+        if not keys:
+            return None
+        if isinstance(keys, str | bytes):
+            raise ValueError("chanlite: symmetric_encryption_keys must be a list of keys")
+        try:
+            from cryptography.fernet import Fernet, MultiFernet
+        except ImportError as e:
+            raise ValueError(
+                "chanlite: symmetric_encryption_keys needs cryptography: "
+                "pip install 'chanlite[encryption]'"
+            ) from e
+        fernets = []
+        for key in keys:
+            raw = key.encode("utf8") if isinstance(key, str) else key
+            # As channels_redis does: any string, stretched to a Fernet key.
+            fernets.append(Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
+        return MultiFernet(fernets)
+
+    def serialize(self, message: dict[str, Any]) -> bytes:
+        """msgpack (bytes stay bytes), encrypted when keys are configured."""
+        data: bytes = msgpack.packb(message, use_bin_type=True)
+        if self.crypter is not None:
+            data = self.crypter.encrypt(data)
+        return data
+
+    def deserialize(self, data: bytes | str) -> dict[str, Any]:
+        """The message of a stored body. A TEXT body (sent by another client
+        through SQL) is read as JSON when not encrypted."""
+        if isinstance(data, str):
+            if self.crypter is not None:
+                data = data.encode()
+            else:
+                message = json.loads(data)
+                if not isinstance(message, dict):
+                    raise TypeError("chanlite: a TEXT message must be a JSON object")
+                return message
+        if self.crypter is not None:
+            data = self.crypter.decrypt(data)
+        message = msgpack.unpackb(data, raw=False)
+        if not isinstance(message, dict):
+            raise TypeError("chanlite: a stored message is not a map")
+        return message
+
+    def _check_message(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        if "__asgi_channel__" in message:
+            raise ValueError("message must not contain '__asgi_channel__'")
+
+    # ---- connections ----
+
+    def database_path(self) -> str:
+        """The database file (for ``database``, the Django alias's NAME)."""
+        if self._resolved_path is None:
+            if self.path is not None:
+                self._resolved_path = self.path
+            else:
+                from django.db import connections
+
+                assert self.database is not None
+                settings = connections[self.database].settings_dict
+                if "sqlite" not in settings["ENGINE"] and not settings["ENGINE"].startswith(
+                    "chanlite"
+                ):
+                    raise ValueError(
+                        f"chanlite: database {self.database!r} is not SQLite ({settings['ENGINE']})"
+                    )
+                name = str(settings["NAME"])
+                if name in ("", ":memory:") or "mode=memory" in name:
+                    raise ValueError(
+                        f"chanlite: database {self.database!r} is in memory: the layer needs "
+                        "a database file (for tests, set DATABASES[...]['TEST']['NAME'])"
+                    )
+                self._resolved_path = name
+        return self._resolved_path
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened and configured on first use."""
+        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        if conn is None:
+            conn = chanlite.connect(
+                self.database_path(),
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._use_wal(conn)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._tls.conn = conn
+            self._tls.clock_generation = -1
+            with self._lock:
+                self._connections.append(conn)
+            self._configure(conn)
+        if self._tls.clock_generation != self._clock_generation:
+            self._tls.clock_generation = self._clock_generation
+            conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+        return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode. Switching to it needs an exclusive lock that SQLite does
+        not wait for when other connections are opening the file too: retry
+        for up to the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        """Store this layer's settings in the database, once."""
+        with self._lock:
+            if self._configured:
+                return
+            self._configured = True
+        for key, value in (
+            ("expiry", self.expiry),
+            ("group_expiry", self.group_expiry),
+            ("capacity", self.capacity),
+        ):
+            conn.execute("SELECT chanlite_config(?, ?)", (key, value))
+        for glob, n in self.capacity_globs:
+            conn.execute("SELECT chanlite_capacity(?, ?)", (glob, n))
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.threads, thread_name_prefix="chanlite"
+                )
+            executor = self._executor
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(executor, functools.partial(fn, *args))
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._submit(fn, *args)
+
+    def _sql(self, sql: str, *params: Any) -> Any:
+        """One chanlite call in this thread; its single value."""
+        try:
+            return self._connection().execute(sql, params).fetchone()[0]
+        except sqlite3.Error as e:
+            raise self._translate(e, params) from e
+
+    @staticmethod
+    def _translate(error: sqlite3.Error, params: tuple[Any, ...]) -> Exception:
+        text = str(error)
+        if text.startswith("chanlite: channel full"):
+            return ChannelFull(text.partition("channel full: ")[2] or params[0])
+        if text.startswith(("chanlite: invalid channel name", "chanlite: invalid group name")):
+            return TypeError(text)
+        return error
+
+    def _sync_recv_batch(self, queue: str, want: int) -> list[tuple[str, bytes | str]]:
+        try:
+            return (
+                self._connection()
+                .execute("SELECT channel, message FROM channel_recv_batch(?, ?)", (queue, want))
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise self._translate(e, (queue,)) from e
+
+    def set_clock(self, now: float | None) -> None:
+        """Pin this layer's "now" (Unix seconds) on all its connections, or
+        return to the real clock with None: chanlite_clock(), for tests of
+        expiry and for hosts that replicate statements."""
+        self._clock = now
+        self._clock_generation += 1
+
+    # ---- the channel layer API ----
+
+    def get_capacity(self, channel: str) -> int:
+        """The capacity of a channel: the first matching channel_capacity
+        pattern's, else the default (what chanlite_capacity() decides in SQL)."""
+        for pattern, capacity in self.capacity_patterns:
+            if pattern.match(channel):
+                return capacity
+        return int(self.capacity)
+
+    def _buffer_size(self, channel: str) -> int:
+        return max(1, int(self.get_capacity(channel)))
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send a message onto a channel; ChannelFull when it is at capacity."""
+        self._check_message(message)
+        self.require_valid_channel_name(channel)
+        data = self.serialize(message)
+        await self._call(self._sql, "SELECT channel_send(?, ?)", channel, data)
+        self._kick_queue(self.non_local_name(channel))
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message on a channel, waiting for one. Cancelling it at any
+        point loses no message."""
+        self.require_valid_channel_name(channel)
+        if "!" in channel:
+            queue_name = self.non_local_name(channel)
+            if channel.endswith("!"):
+                raise TypeError(
+                    "chanlite: receive() needs a full process-specific channel name "
+                    "(prefix!local), as new_channel() returns"
+                )
+            if not queue_name.endswith(self.client_prefix + "!"):
+                raise AssertionError("Wrong client prefix")  # as channels_redis
+        else:
+            queue_name = channel
+        with self._lock:
+            queue = self._queues.get(queue_name)
+            if queue is None:
+                queue = self._queues[queue_name] = _Queue(self, queue_name)
+        data = await queue.get(channel)
+        return self.deserialize(data)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel name that this layer receives."""
+        return f"{prefix}.{self.client_prefix}!{secrets.token_hex(12)}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._call(self._sql, "SELECT group_add(?, ?)", group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._call(self._sql, "SELECT group_discard(?, ?)", group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> int:  # type: ignore[override]
+        """Send to every member; full members are skipped. Returns how many
+        members it was delivered to (Channels' API returns None: callers may
+        ignore it)."""
+        self._check_message(message)
+        self.require_valid_group_name(group)
+        data = self.serialize(message)
+        delivered: int = await self._call(self._sql, "SELECT group_send(?, ?)", group, data)
+        if delivered:
+            self._kick_queue(None)
+        return delivered
+
+    async def flush(self) -> None:
+        """Empty every channel and group (of the whole database), and this
+        process's buffers."""
+        await self._call(self._sql, "SELECT channel_flush()")
+        with self._lock:
+            for queue in self._queues.values():
+                queue.buffers.clear()
+
+    async def close(self) -> None:
+        """Stop receiving and close the connections. The layer opens them
+        again if used afterwards."""
+        with self._lock:
+            queues = list(self._queues.values())
+            for queue in queues:
+                for waiting in queue.waiters.values():
+                    for loop, fut in waiting:
+                        _call_in(loop, _cancel, fut)
+                queue._kick()
+            executor, self._executor = self._executor, None
+            connections, self._connections = self._connections, []
+            self._configured = False
+        here = asyncio.get_running_loop()
+        tasks = [q.task for q in queues if q.task is not None and q.task_loop is here]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.busy_timeout + 1)
+        self._tls = threading.local()
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)
+        for conn in connections:
+            await asyncio.to_thread(conn.close)
+
+    # ---- helpers ----
+
+    def _kick_queue(self, name: str | None) -> None:
+        """Make this process's receivers of a queue (all, for None) look now."""
+        with self._lock:
+            if name is None:
+                for queue in self._queues.values():
+                    queue._kick()
+            elif (named := self._queues.get(name)) is not None:
+                named._kick()
+
+    def _forget_if_idle(self, queue: _Queue) -> None:
+        """Drop a normal channel's queue once idle (lock held), so that
+        receiving on many channel names does not grow memory."""
+        if queue.idle() and self._queues.get(queue.name) is queue:
+            del self._queues[queue.name]
+
+    def __repr__(self) -> str:
+        where = f"path={self.path!r}" if self.path is not None else f"database={self.database!r}"
+        return f"<SQLiteChannelLayer {where}>"

@@ -1,0 +1,142 @@
+"""The chat demo (examples/django_chat) end to end: two daphne processes
+sharing one chanlite file; a message sent over a WebSocket to one server
+reaches a client of the other. (A raw WebSocket client, to need nothing
+beyond daphne; the browser test of issue 3 is separate.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("daphne")
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _WebSocket:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, path: str) -> _WebSocket:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send_json(self, value: object) -> None:
+        payload = json.dumps(value).encode()
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = bytes([0x81, 0x80 | n])
+        else:
+            header = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+        await self.writer.drain()
+
+    async def receive_json(self) -> object:
+        first, second = await self.reader.readexactly(2)
+        assert first & 0x0F == 1, f"not a text frame: {first:#x}"
+        n = second & 0x7F
+        if n == 126:
+            n = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await self.reader.readexactly(8), "big")
+        return json.loads(await self.reader.readexactly(n))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[int]]:
+    ports = [_free_port(), _free_port()]
+    env = {
+        **os.environ,
+        "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),
+        "DJANGO_SETTINGS_MODULE": "mysite.settings",
+        "PYTHONPATH": os.pathsep.join(
+            [str(DEMO), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
+        ),
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "mysite.asgi:application",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for port in ports
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        for port, proc in zip(ports, procs, strict=True):
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"daphne on {port} did not start"
+                    time.sleep(0.05)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def test_chat_across_two_server_processes(servers: list[int]) -> None:
+    first, second = servers
+    alice = await _WebSocket.connect(first, "/ws/chat/lobby/")
+    bob = await _WebSocket.connect(second, "/ws/chat/lobby/")
+    # The consumer joins its group before it accepts: both are members now.
+    await alice.send_json({"message": "hello from 1"})
+    assert await asyncio.wait_for(bob.receive_json(), 10) == {"message": "hello from 1"}
+    assert await asyncio.wait_for(alice.receive_json(), 10) == {"message": "hello from 1"}
+    await bob.send_json({"message": "hello from 2"})
+    assert await asyncio.wait_for(alice.receive_json(), 10) == {"message": "hello from 2"}
+    assert await asyncio.wait_for(bob.receive_json(), 10) == {"message": "hello from 2"}
+    alice.close()
+    bob.close()
