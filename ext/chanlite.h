@@ -30,6 +30,7 @@ struct Chanlite {
   sqlite3 *db;
   sqlite3_stmt *stmt[CHANLITE_STMT_COUNT]; /* prepared on first use */
   int anchored;        /* chanlite_statements is connected: caching is safe */
+  int orphaned;        /* its module is gone; freed when the table disconnects */
   int own_txn;         /* this call began the transaction (vs. a savepoint) */
   int clock_pinned;    /* chanlite_clock(t) is in force */
   double clock;        /* the pinned time, Unix seconds */

@@ -92,15 +92,19 @@ static int stmts_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
   return SQLITE_OK;
 }
 
+static void chanlite_free(void *p);
+
 static int stmts_disconnect(sqlite3_vtab *vtab) {
   StatementsTab *t = (StatementsTab *)vtab;
-  if (t->c->side) {
-    sqlite3_close_v2(t->c->side->db); /* frees its state too */
-    t->c->side = 0;
+  Chanlite *c = t->c;
+  if (c->side) {
+    sqlite3_close_v2(c->side->db); /* frees its state too */
+    c->side = 0;
   }
-  finalize_all(t->c);
-  t->c->anchored = 0;
+  finalize_all(c);
+  c->anchored = 0;
   sqlite3_free(t);
+  if (c->orphaned) chanlite_free(c);
   return SQLITE_OK;
 }
 
@@ -173,9 +177,16 @@ static const sqlite3_module statements_module = {
   .xRowid = stmts_rowid,
 };
 
-/* Freed when the connection closes, after every table is disconnected. */
+/* Freed when the connection closes, after every table is disconnected. When
+** the extension is loaded again into the same connection, the old module is
+** destroyed first and its table disconnected later (SQLite defers that to
+** the next prepare): then the state waits for the disconnect. */
 static void chanlite_free(void *p) {
   Chanlite *c = p;
+  if (c->anchored) {
+    c->orphaned = 1;
+    return;
+  }
   chanlite_wake_close(c);
   finalize_all(c);
   chanlite_clear_error(c);
