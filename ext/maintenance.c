@@ -17,7 +17,16 @@
 #define PURGE_PER_SEND 16
 
 int chanlite_purge_some(Chanlite *c, double now) {
-  sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
+  sqlite3_stmt *probe = chanlite_stmt(c, CHANLITE_STMT_ANY_EXPIRED);
+  sqlite3_stmt *s;
+  int rc;
+  if (!probe) return c->err_code;
+  sqlite3_bind_double(probe, 1, now);
+  rc = sqlite3_step(probe);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) chanlite_fail_sqlite(c, rc);
+  sqlite3_reset(probe);
+  if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? SQLITE_OK : c->err_code;
+  s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
   if (!s) return c->err_code;
   sqlite3_bind_double(s, 1, now);
   sqlite3_bind_int(s, 2, PURGE_PER_SEND);

@@ -269,8 +269,8 @@ static Chanlite *batch_connection(Chanlite *c) {
   const char *file;
   sqlite3_vfs *vfs = 0;
   sqlite3 *db = 0;
-  char *err = 0;
-  sqlite3_int64 timeout;
+  char *err = 0, *sql;
+  sqlite3_int64 timeout, level;
   if (!sqlite3_get_autocommit(c->db)) return c;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
@@ -284,6 +284,12 @@ static Chanlite *batch_connection(Chanlite *c) {
       c->side = 0;
       return c;
     }
+    /* Commit as durably as the caller's connection does, no more: SQLite's
+    ** default (FULL) would fsync the WAL on every batch. */
+    level = pragma_value(c, CHANLITE_STMT_SYNCHRONOUS, 0, 0);
+    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.synchronous=%lld", level) : 0;
+    if (sql) sqlite3_exec(db, sql, 0, 0, 0);
+    sqlite3_free(sql);
   }
   timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
   sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);

@@ -2,6 +2,11 @@
 
 -- A few expired messages, removed by every send so that channels nobody
 -- reads do not keep their messages until someone calls channel_trim().
+-- The probe comes first: the DELETE builds a temporary table for its IN
+-- list even when nothing has expired, which is most of the time.
+-- name: any_expired
+SELECT 1 FROM main.chanlite_message WHERE expires_at <= ?1 LIMIT 1
+
 -- name: purge_some_expired
 DELETE FROM main.chanlite_message WHERE id IN
   (SELECT id FROM main.chanlite_message WHERE expires_at <= ?1

@@ -36,6 +36,9 @@ PRAGMA main.journal_mode
 -- name: busy_timeout
 PRAGMA busy_timeout
 
+-- name: synchronous
+PRAGMA main.synchronous
+
 -- Does nothing; stepping it reports an sqlite3_interrupt() (channel_wait).
 -- name: noop
 SELECT 1
