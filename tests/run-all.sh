@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: compiler, SQLite headers and shell, cmocka, valgrind.
-debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind)
+# Debian packages: compiler, SQLite headers and shell, cmocka, valgrind, and
+# chromium for the browser test of the chat demo (driven by playwright from
+# PyPI, which uses this chromium and never downloads one).
+debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,11 +25,35 @@ venv="${CHAT_VENV:-$here/.venv}"
 
 cd "$here"
 export CHANLITE_DB="${CHANLITE_DB:-$here/channels.sqlite3}"
+ports=(8001 8002)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
-for port in 8001 8002; do
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM
+for port in "${ports[@]}"; do
   "$venv/bin/daphne" -b 127.0.0.1 -p "$port" mysite.asgi:application &
   pids+=($!)
 done
-echo "chat: http://localhost:8001/chat/lobby/ and http://localhost:8002/chat/lobby/ (Ctrl-C stops)"
-wait
+
+# Wait (at most 30 s) until both servers answer, then say where to look.
+deadline=$((SECONDS + 30))
+for i in "${!ports[@]}"; do
+  until (exec 3<>"/dev/tcp/127.0.0.1/${ports[$i]}") 2>/dev/null; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "chat: the server on port ${ports[$i]} exited (is the port in use?)" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "chat: the server on port ${ports[$i]} did not start in 30 s" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+done
+echo
+echo "chat: open these two pages; a message typed in one shows in the other:"
+echo "  http://localhost:8001/chat/lobby/"
+echo "  http://localhost:8002/chat/lobby/"
+echo "(two daphne processes sharing the channel layer in $CHANLITE_DB; Ctrl-C stops both)"
+
+# If either server stops, stop the other and exit.
+wait -n

@@ -9,8 +9,13 @@ channel layer on that same database (the transactional outbox form).
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -79,3 +84,74 @@ def _depth(conn: sqlite3.Connection, channel: str) -> int:
 def depth() -> Callable[[sqlite3.Connection, str], int]:
     """depth(conn, channel): unexpired messages queued on a full channel name."""
     return _depth
+
+
+# The chat demo (examples/django_chat) served by two daphne processes on two
+# free ports, sharing one chanlite database file in a temporary directory.
+# Used by test_demo.py (a raw WebSocket client) and test_browser.py (chromium).
+
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture
+def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
+    """The ports of two running demo servers; both are stopped at teardown.
+    Each server's output goes to daphne-<port>.log in tmp_path."""
+    ports = _free_ports(2)
+    env = {
+        **os.environ,
+        "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),
+        "DJANGO_SETTINGS_MODULE": "mysite.settings",
+        "PYTHONPATH": os.pathsep.join(
+            [str(DEMO), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
+        ),
+    }
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
+    logs = [tmp_path / f"daphne-{port}.log" for port in ports]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port, log in zip(ports, logs, strict=True):
+            with log.open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [*daphne, "-p", str(port), "mysite.asgi:application"],
+                        cwd=tmp_path,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        deadline = time.monotonic() + 30
+        for port, proc, log in zip(ports, procs, logs, strict=True):
+            while True:
+                assert proc.poll() is None, f"daphne on {port} exited:\n{log.read_text()}"
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, (
+                        f"daphne on {port} did not start in 30 s:\n{log.read_text()}"
+                    )
+                    time.sleep(0.05)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -9,24 +9,10 @@ import asyncio
 import base64
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("daphne")
-
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _WebSocket:
@@ -74,61 +60,8 @@ class _WebSocket:
         self.writer.close()
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[int]]:
-    ports = [_free_port(), _free_port()]
-    env = {
-        **os.environ,
-        "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),
-        "DJANGO_SETTINGS_MODULE": "mysite.settings",
-        "PYTHONPATH": os.pathsep.join(
-            [str(DEMO), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
-        ),
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "mysite.asgi:application",
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for port in ports
-    ]
-    try:
-        deadline = time.monotonic() + 30
-        for port, proc in zip(ports, procs, strict=True):
-            while True:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"daphne on {port} did not start"
-                    time.sleep(0.05)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-async def test_chat_across_two_server_processes(servers: list[int]) -> None:
-    first, second = servers
+async def test_chat_across_two_server_processes(demo_servers: list[int]) -> None:
+    first, second = demo_servers
     alice = await _WebSocket.connect(first, "/ws/chat/lobby/")
     bob = await _WebSocket.connect(second, "/ws/chat/lobby/")
     # The consumer joins its group before it accepts: both are members now.
