@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds chanlite, and runs every test:
-# the SQL tests and C tests (meson test), the same suite under
-# AddressSanitizer+UndefinedBehaviorSanitizer and under valgrind, the Python
-# tests, and a smoke run of the benchmark. Exits non-zero on any failure.
+# the SQL tests, C tests, wake-up race and benchmark smoke run (meson test),
+# the same suite under AddressSanitizer+UndefinedBehaviorSanitizer and under
+# valgrind, and the Python, Django and browser tests. Exits non-zero on any
+# failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -43,9 +44,6 @@ if [ -d tests/python ]; then
   python3 -m pip install -q --disable-pip-version-check .
   python3 -m pytest -q tests/python
 fi
-
-echo "== benchmark smoke run (numbers are not checked: see bench/)"
-./build/bench/bench_floor build/chanlite.so --quick >/dev/null
 
 # One closing line over every meson run (pytest prints its own above).
 python3 - <<'PY'
