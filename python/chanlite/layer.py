@@ -22,6 +22,15 @@ cancelled at any point has taken nothing, and whatever the receiver popped
 stays buffered for the next receive() of that channel. The buffers are shared
 by every event loop of the process (async_to_sync runs each call in a loop of
 its own).
+
+Waking. A receiver that finds its queue empty waits for the extension's bell
+(``<database>-chanlite``, rung after every committed send of any process): on
+Linux, one inotify descriptor per layer and process (:class:`_Bell`), read by
+the event loops whose receivers wait, with ``add_reader``; no thread, no timer.
+A receiver arms before it looks (the watch exists and is drained, and it notes
+its queue's wake count), so a commit between its look and its wait leaves a
+ring that wakes it. Elsewhere (not Linux, inotify failing, ``wake="polling"``)
+it looks again with a backoff from 1 to 50 ms. ``layer.wake_method`` says which.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 import chanlite
+from chanlite import _inotify
 
 __all__ = ["ChannelFull", "SQLiteChannelLayer", "glob_for_pattern"]
 
@@ -57,7 +67,7 @@ T = TypeVar("T")
 
 #: Most messages one receiver pops from SQLite in one call.
 BATCH = 100
-#: Poll intervals of the placeholder wait (see _Queue.wait_for_messages).
+#: Poll intervals where the bell cannot be watched (see _Queue.wait_for_messages).
 POLL_MIN = 0.001
 POLL_MAX = 0.05
 
@@ -159,6 +169,87 @@ def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: An
 
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+#: A popped message: (channel, body, expires_at on the chanlite clock).
+_Row = tuple[str, bytes | str, float]
+
+
+class _Bell:
+    """This process's watch on the extension's bell, for one layer: an inotify
+    descriptor that becomes readable when any process commits a send.
+
+    It is registered (``add_reader``) in each event loop that has receivers
+    waiting, and only while they wait; whichever loop finds it readable drains
+    it and wakes every receiver of the layer, in any loop. Guarded by the
+    layer's lock. A retired bell (the layer closed) closes its descriptor once
+    no loop has it registered.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = _inotify.watch(path)
+        self.pid = os.getpid()
+        self.loops: dict[asyncio.AbstractEventLoop, int] = {}  # loop -> receivers waiting
+        self.retired = False
+        self.fd_open = True
+
+    def current(self) -> bool:
+        """Usable for a new wait: not retired, and this process's (not a fork's)."""
+        return not self.retired and self.pid == os.getpid()
+
+    def listen(self, loop: asyncio.AbstractEventLoop, callback: Callable[[_Bell], None]) -> None:
+        """One more receiver of loop waits for the bell."""
+        for gone in [other for other in self.loops if other.is_closed()]:
+            del self.loops[gone]  # closed with a receiver waiting: its selector is gone
+        waiting = self.loops.get(loop, 0)
+        if waiting == 0:
+            loop.add_reader(self.fd, callback, self)
+        self.loops[loop] = waiting + 1
+
+    def unlisten(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One receiver of loop no longer waits."""
+        waiting = self.loops.get(loop, 0) - 1
+        if waiting > 0:
+            self.loops[loop] = waiting
+            return
+        self.loops.pop(loop, None)
+        if not loop.is_closed():  # a closed loop's selector is gone, and our fd with it
+            with contextlib.suppress(RuntimeError, ValueError, OSError):
+                loop.remove_reader(self.fd)
+        if self.retired and not self.loops:
+            self._close_fd()
+
+    def drain(self) -> tuple[bool, bool]:
+        """(rang, lost): see _inotify.drain."""
+        if not self.fd_open or self.pid != os.getpid():
+            return False, False
+        return _inotify.drain(self.fd)
+
+    def rewatch(self) -> bool:
+        """Watch the bell again after its file went away (recreating it, as
+        the extension does); False if that cannot be done."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            _inotify.add_watch(self.fd, self.path)
+        except OSError as e:
+            logger.warning("chanlite: cannot watch the bell %s again: %s", self.path, e)
+            return False
+        return True
+
+    def retire(self) -> None:
+        """No new waits; the descriptor closes once no loop has it registered."""
+        self.retired = True
+        if self.pid != os.getpid():  # inherited through fork: the parent's loops are not ours
+            self.loops.clear()
+        for loop in [loop for loop in self.loops if loop.is_closed()]:
+            del self.loops[loop]
+        if not self.loops:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd_open:
+            self.fd_open = False
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
 
 
 class _Queue:
@@ -173,11 +264,15 @@ class _Queue:
         self.layer = layer
         self.name = name
         self.local = name.endswith("!")
+        # Per channel, (expires_at, body): expires_at on the chanlite clock.
         self.buffers: dict[str, collections.deque[tuple[float, bytes | str]]] = {}
         self.waiters: dict[str, list[_Waiter]] = {}
         self.task: asyncio.Task[None] | None = None
         self.task_loop: asyncio.AbstractEventLoop | None = None
         self.kick_waiter: _Waiter | None = None
+        # Counts kicks (a send of this process, a new receive(), the bell): a
+        # receiver notes it before it looks and waits only if it has not moved.
+        self.wakes = 0
         self.dropped = 0  # messages dropped from full buffers
         self.last_sweep = time.monotonic()
 
@@ -206,14 +301,16 @@ class _Queue:
                         waiting.remove(waiter)
                     if not waiting:
                         self.waiters.pop(channel, None)
+                    if self.task is not None and self._demand() == 0:
+                        self._kick()  # a waiting receiver stops: nobody needs it
                     self.layer._forget_if_idle(self)
 
     def _take(self, channel: str) -> bytes | str | None:
         buffer = self.buffers.get(channel)
         if not buffer:
             return None
-        oldest = time.monotonic() - self.layer.expiry
-        while buffer and buffer[0][0] <= oldest:
+        now = self.layer._now()
+        while buffer and buffer[0][0] <= now:
             buffer.popleft()  # expired while buffered: never delivered
         item = buffer.popleft()[1] if buffer else None
         if not buffer:
@@ -236,7 +333,8 @@ class _Queue:
         self.task = loop.create_task(self._run(), name=f"chanlite receiver {self.name}")
 
     def _kick(self) -> None:
-        """Make an idle receiver look at once (lock held)."""
+        """Make the receiver look (again) at once (lock held)."""
+        self.wakes += 1
         if self.kick_waiter is not None:
             loop, fut = self.kick_waiter
             self.kick_waiter = None
@@ -259,11 +357,29 @@ class _Queue:
         try:
             while True:
                 with lock:
+                    if self._demand() == 0 or self.task is not me:
+                        if self.task is me:
+                            self.task = None
+                        return
+                try:
+                    bell = await self.layer._arm()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._fail_waiters(exc)
+                    return
+                with lock:
                     want = self._demand()
                     if want == 0 or self.task is not me:
                         if self.task is me:
                             self.task = None
                         return
+                    # Armed before looking: the watch exists and is drained
+                    # now, so a commit after this leaves a ring behind, and a
+                    # ring or kick from now on moves `wakes` past `seen`.
+                    if bell is not None:
+                        self.layer._drain(bell)
+                    seen = self.wakes
                 try:
                     rows = await self._fetch(want)
                 except asyncio.CancelledError:
@@ -275,14 +391,14 @@ class _Queue:
                     self._dispatch(rows)
                     idle.reset()
                 else:
-                    await self.wait_for_messages(idle)
+                    await self.wait_for_messages(idle, bell, seen)
         finally:
             with lock:
                 if self.task is me:
                     self.task = None
                 self.layer._forget_if_idle(self)
 
-    async def _fetch(self, want: int) -> list[tuple[str, bytes | str]]:
+    async def _fetch(self, want: int) -> list[_Row]:
         """Pop up to want messages in a thread. The pop cannot be undone, so a
         cancellation waits for it and buffers what it popped before ending."""
         fut = self.layer._submit(self.layer._sync_recv_batch, self.name, want)
@@ -296,11 +412,10 @@ class _Queue:
                 self._dispatch(fut.result())
             raise
 
-    def _dispatch(self, rows: Iterable[tuple[str, bytes | str]]) -> None:
-        now = time.monotonic()
+    def _dispatch(self, rows: Iterable[_Row]) -> None:
         with self.layer._lock:
             touched = set()
-            for channel, body in rows:
+            for channel, body, expires_at in rows:
                 buffer = self.buffers.get(channel)
                 if buffer is None:
                     buffer = self.buffers[channel] = collections.deque()
@@ -313,21 +428,21 @@ class _Queue:
                         channel,
                         len(buffer) + 1,
                     )
-                buffer.append((now, body))
+                buffer.append((expires_at, body))
                 touched.add(channel)
             for channel in touched:
                 for loop, fut in self.waiters.get(channel, ()):
                     _call_in(loop, _resolve, fut)
-            if now - self.last_sweep > 1.0:
-                self._sweep(now)
+            if (tick := time.monotonic()) - self.last_sweep > 1.0:
+                self.last_sweep = tick
+                self._sweep()
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self) -> None:
         """Drop expired messages of channels nobody receives (lock held)."""
-        self.last_sweep = now
-        oldest = now - self.layer.expiry
+        now = self.layer._now()
         for channel in list(self.buffers):
             buffer = self.buffers[channel]
-            while buffer and buffer[0][0] <= oldest:
+            while buffer and buffer[0][0] <= now:
                 buffer.popleft()
             if not buffer:
                 del self.buffers[channel]
@@ -338,29 +453,37 @@ class _Queue:
                 for loop, fut in waiting:
                     _call_in(loop, _fail, fut, exc)
 
-    async def wait_for_messages(self, idle: _Backoff) -> None:
-        """Wait until a message may have arrived in this queue.
-
-        PLACEHOLDER until the wake-up issue (4): a short adaptive poll, 1 ms
-        after activity doubling to 50 ms while idle. It ends early when this
-        process sends to the queue or a new receive() starts waiting (the
-        kick). Replace this one function with a wait on the extension's
-        bell (chanlite_bell_path / channel_wait) to wake on any process's
-        commit instead.
-        """
+    async def wait_for_messages(self, idle: _Backoff, bell: _Bell | None, seen: int) -> None:
+        """Wait until a message may have arrived in this queue: until the
+        queue's wake count moves past seen (noted before the look that found
+        nothing), which the bell, a send of this process to the queue, or a
+        new receive() does. Without a bell, look again after a backoff
+        (1 ms after activity, doubling to 50 ms while idle)."""
         loop = asyncio.get_running_loop()
         kick: asyncio.Future[None] = loop.create_future()
+        listening = False
         with self.layer._lock:
-            self.kick_waiter = (loop, kick)
-        try:
-            done, _ = await asyncio.wait({kick}, timeout=idle.next())
-            if done:
+            if self.wakes != seen or (bell is not None and not bell.current()):
                 idle.reset()
+                return  # rang or kicked since the look, or the layer closed
+            self.kick_waiter = (loop, kick)
+            if bell is not None:
+                listening = self.layer._listen(bell, loop)
+        try:
+            if listening:
+                await kick
+            else:
+                done, _ = await asyncio.wait({kick}, timeout=idle.next())
+                if done:
+                    idle.reset()
         finally:
             kick.cancel()
             with self.layer._lock:
                 if self.kick_waiter is not None and self.kick_waiter[1] is kick:
                     self.kick_waiter = None
+                if listening:
+                    assert bell is not None
+                    bell.unlisten(loop)
 
     def idle(self) -> bool:
         """Nothing buffered, nobody waiting, no receiver (lock held)."""
@@ -377,6 +500,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
     ``group_expiry`` (86400), ``capacity`` (100), ``channel_capacity`` (glob
     or simple regex -> capacity) and ``symmetric_encryption_keys``.
     ``busy_timeout`` (seconds, 5) and ``threads`` (4) tune the connections.
+    ``wake``: ``"auto"`` (the default: receivers wait for the extension's bell
+    with inotify where they can, else poll) or ``"polling"`` (always poll,
+    with a backoff from 1 to 50 ms). Once a receiver has waited,
+    ``wake_method`` says which is in use: ``"inotify"`` or ``"polling"``.
 
     Settings are stored in the database (chanlite_config), so every process
     using the file should configure the same values: the last one to start
@@ -396,6 +523,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
         busy_timeout: float = 5.0,
         threads: int = 4,
+        wake: str = "auto",
     ) -> None:
         super().__init__(capacity=capacity)
         self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
@@ -419,6 +547,14 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self.channel_capacity = dict(self.capacity_patterns)
         self.busy_timeout = busy_timeout
         self.threads = threads
+        if wake not in ("auto", "polling"):
+            raise ValueError(f"chanlite: 'wake' must be 'auto' or 'polling', not {wake!r}")
+        self.wake = wake
+        #: How receivers wait: "inotify" or "polling"; None until one has waited.
+        self.wake_method: str | None = None
+        self._bell: _Bell | None = None
+        self._bell_path: str | None = None  # "" when the bell cannot be watched
+        self._bell_unavailable = ""  # why not
         self.crypter = self._make_crypter(symmetric_encryption_keys)
         self.client_prefix = secrets.token_hex(8)
         self._lock = threading.Lock()
@@ -593,15 +729,116 @@ class SQLiteChannelLayer(BaseChannelLayer):
             return TypeError(text)
         return error
 
-    def _sync_recv_batch(self, queue: str, want: int) -> list[tuple[str, bytes | str]]:
+    def _sync_recv_batch(self, queue: str, want: int) -> list[_Row]:
         try:
             return (
                 self._connection()
-                .execute("SELECT channel, message FROM channel_recv_batch(?, ?)", (queue, want))
+                .execute(
+                    "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
+                    (queue, want),
+                )
                 .fetchall()
             )
         except sqlite3.Error as e:
             raise self._translate(e, (queue,)) from e
+
+    def _now(self) -> float:
+        """Now on the chanlite clock: the pinned one (set_clock), else the real one."""
+        clock = self._clock
+        return time.time() if clock is None else clock
+
+    # ---- waking receivers ----
+
+    def _sync_bell_path(self) -> tuple[str, str]:
+        """(the bell's path, "") or ("", why it cannot be watched)."""
+        if self.wake == "polling":
+            return "", "configured with wake='polling'"
+        why = _inotify.available()
+        if why is not None:
+            return "", why
+        try:
+            path = self._connection().execute("SELECT chanlite_bell_path()").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "no such function" in str(e):
+                return "", "the extension has no chanlite_bell_path()"
+            raise
+        if not path:
+            return "", "the database has no bell (chanlite_bell_path() is NULL)"
+        return str(path), ""
+
+    async def _arm(self) -> _Bell | None:
+        """The bell, watched, for a receiver about to look; None to poll."""
+        if self._bell_path is None:  # once (concurrent first looks agree)
+            path, why = await self._call(self._sync_bell_path)
+            with self._lock:
+                if self._bell_path is None:
+                    self._bell_path, self._bell_unavailable = path, why
+        with self._lock:
+            bell = self._bell
+            if bell is not None and bell.current():
+                return bell
+            if bell is not None:
+                bell.retire()  # inherited through fork
+            self._bell = None
+            if self._bell_path:
+                try:
+                    self._bell = _Bell(self._bell_path)
+                except OSError as e:
+                    self._bell_path, self._bell_unavailable = "", f"inotify failed: {e}"
+            if self._bell is None:
+                self._use("polling", self._bell_unavailable)
+            else:
+                self._use("inotify", f"watching {self._bell_path}")
+            return self._bell
+
+    def _use(self, method: str, why: str) -> None:
+        """Note how receivers wait, and say so once (lock held)."""
+        if self.wake_method == method:
+            return
+        if self.wake_method is None:
+            logger.info("chanlite: receivers wake by %s (%s)", method, why)
+        else:
+            logger.warning("chanlite: receivers now wake by %s (%s)", method, why)
+        self.wake_method = method
+
+    def _listen(self, bell: _Bell, loop: asyncio.AbstractEventLoop) -> bool:
+        """Have loop read the bell while a receiver of it waits (lock held);
+        False if this loop cannot watch a descriptor."""
+        try:
+            bell.listen(loop, self._on_bell)
+        except (NotImplementedError, OSError, RuntimeError, ValueError) as e:
+            logger.warning("chanlite: %r cannot watch the bell (%s): polling", loop, e)
+            return False
+        return True
+
+    def _on_bell(self, bell: _Bell) -> None:
+        """The bell rang (add_reader callback, in any loop that listens)."""
+        with self._lock:
+            self._drain(bell)
+
+    def _drain(self, bell: _Bell) -> None:
+        """Read the bell's pending rings; if there were any, every receiver
+        of this layer, in any loop, looks again (lock held). Whoever drains
+        wakes everybody, so that a ring read here is never lost to a receiver
+        waiting elsewhere."""
+        try:
+            rang, lost = bell.drain()
+        except OSError as e:
+            logger.warning("chanlite: reading the bell failed (%s)", e)
+            rang, lost = True, True
+        if lost and bell.current():
+            # The bell file went away: watch the new one, or poll from now on.
+            # Either way everybody looks again, in case a ring fell in between.
+            rang = True
+            if not bell.rewatch():
+                bell.retire()
+                if self._bell is bell:
+                    self._bell = None
+                self._bell_path, self._bell_unavailable = "", "the bell went away"
+                self._use("polling", self._bell_unavailable)
+        if rang:
+            for queue in self._queues.values():
+                queue._kick()
 
     def set_clock(self, now: float | None) -> None:
         """Pin this layer's "now" (Unix seconds) on all its connections, or
@@ -696,14 +933,18 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 for waiting in queue.waiters.values():
                     for loop, fut in waiting:
                         _call_in(loop, _cancel, fut)
+                queue.waiters.clear()  # so that no receiver looks again for them
                 queue._kick()
             executor, self._executor = self._executor, None
             connections, self._connections = self._connections, []
             self._configured = False
+            self._retire_bell()
         here = asyncio.get_running_loop()
         tasks = [q.task for q in queues if q.task is not None and q.task_loop is here]
         if tasks:
             await asyncio.wait(tasks, timeout=self.busy_timeout + 1)
+        with self._lock:
+            self._retire_bell()  # one that a receiver armed meanwhile
         self._tls = threading.local()
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
@@ -711,6 +952,13 @@ class SQLiteChannelLayer(BaseChannelLayer):
             await asyncio.to_thread(conn.close)
 
     # ---- helpers ----
+
+    def _retire_bell(self) -> None:
+        """Stop watching the bell (lock held): its descriptor closes now, or
+        once the last loop listening to it stops."""
+        bell, self._bell = self._bell, None
+        if bell is not None:
+            bell.retire()
 
     def _kick_queue(self, name: str | None) -> None:
         """Make this process's receivers of a queue (all, for None) look now."""
