@@ -72,6 +72,7 @@ int chanlite_message_arg(Chanlite *c, sqlite3_value *v);
 /* statements.c */
 sqlite3_stmt *chanlite_stmt(Chanlite *c, int id);
 int chanlite_step_done(Chanlite *c, sqlite3_stmt *s);
+int chanlite_step_exists(Chanlite *c, sqlite3_stmt *s, int *found);
 int chanlite_register_statements(sqlite3 *db, Chanlite *c);
 
 /* transaction.c */

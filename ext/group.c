@@ -61,7 +61,8 @@ static void fn_group_add(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_va
   else chanlite_report(c, ctx);
 }
 
-/* Run one of the two discard statements; *removed counts what it deleted. */
+/* Run one of the two discard statements; *removed (if given) says whether
+** it deleted a row. */
 static int discard(Chanlite *c, int id, const char *group, int n_group,
                    const ChannelName *ch, double now, int *removed) {
   sqlite3_stmt *s = chanlite_stmt(c, id);
@@ -71,13 +72,13 @@ static int discard(Chanlite *c, int id, const char *group, int n_group,
   sqlite3_bind_text(s, 2, ch->full, ch->n_full, SQLITE_STATIC);
   if (sqlite3_bind_parameter_count(s) >= 3) sqlite3_bind_double(s, 3, now);
   rc = chanlite_step_done(c, s);
-  *removed = rc == SQLITE_OK && sqlite3_changes(c->db) > 0;
+  if (removed) *removed = rc == SQLITE_OK && sqlite3_changes(c->db) > 0;
   return rc;
 }
 
 static void fn_group_discard(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   const char *group = 0;
-  int n_group = 0, expired = 0, removed = 0;
+  int n_group = 0, removed = 0;
   ChannelName ch;
   double now = chanlite_time(c);
   int rc = group_and_channel(c, argv, &group, &n_group, &ch);
@@ -85,7 +86,7 @@ static void fn_group_discard(Chanlite *c, sqlite3_context *ctx, int argc, sqlite
   if (rc == SQLITE_OK) {
     rc = chanlite_begin(c);
     if (rc == SQLITE_OK) {
-      rc = discard(c, CHANLITE_STMT_GROUP_DISCARD_EXPIRED, group, n_group, &ch, now, &expired);
+      rc = discard(c, CHANLITE_STMT_GROUP_DISCARD_EXPIRED, group, n_group, &ch, now, 0);
     }
     if (rc == SQLITE_OK) rc = discard(c, CHANLITE_STMT_GROUP_DISCARD, group, n_group, &ch, now, &removed);
     rc = chanlite_end(c, rc);

@@ -19,13 +19,11 @@
 int chanlite_purge_some(Chanlite *c, double now) {
   sqlite3_stmt *probe = chanlite_stmt(c, CHANLITE_STMT_ANY_EXPIRED);
   sqlite3_stmt *s;
-  int rc;
+  int rc, found = 0;
   if (!probe) return c->err_code;
   sqlite3_bind_double(probe, 1, now);
-  rc = sqlite3_step(probe);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) chanlite_fail_sqlite(c, rc);
-  sqlite3_reset(probe);
-  if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? SQLITE_OK : c->err_code;
+  rc = chanlite_step_exists(c, probe, &found);
+  if (rc != SQLITE_OK || !found) return rc;
   s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
   if (!s) return c->err_code;
   sqlite3_bind_double(s, 1, now);

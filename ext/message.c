@@ -100,11 +100,8 @@ static sqlite3_stmt *bind_queue(Chanlite *c, const ChannelName *ch, int queue_id
 ** tables yet means nothing is. */
 int chanlite_peek(Chanlite *c, const ChannelName *ch, int *found) {
   sqlite3_stmt *s = bind_queue(c, ch, CHANLITE_STMT_PEEK_QUEUE, CHANLITE_STMT_PEEK_LOCAL);
-  int rc = s ? sqlite3_step(s) : c->err_code;
-  *found = rc == SQLITE_ROW;
-  if (rc == SQLITE_ROW || rc == SQLITE_DONE) rc = SQLITE_OK;
-  else if (s) chanlite_fail_sqlite(c, rc);
-  if (s) sqlite3_reset(s);
+  int rc = s ? chanlite_step_exists(c, s, found) : c->err_code;
+  if (!s) *found = 0;
   if (rc != SQLITE_OK && chanlite_schema_missing(c)) rc = SQLITE_OK;
   return rc;
 }

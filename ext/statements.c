@@ -63,6 +63,16 @@ int chanlite_step_done(Chanlite *c, sqlite3_stmt *s) {
   return rc;
 }
 
+/* Run a query for whether it returns a row; parameters are already bound. */
+int chanlite_step_exists(Chanlite *c, sqlite3_stmt *s, int *found) {
+  int rc = sqlite3_step(s);
+  *found = rc == SQLITE_ROW;
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE) rc = SQLITE_OK;
+  else chanlite_fail_sqlite(c, rc);
+  sqlite3_reset(s);
+  return rc;
+}
+
 /* ---- the chanlite_statements virtual table ---- */
 
 typedef struct StatementsTab {

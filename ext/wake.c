@@ -140,13 +140,8 @@ static void sleep_seconds(double s) {
 /* SQLite reports an interrupt to the next statement stepped. */
 static int interrupted(Chanlite *c) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_NOOP);
-  int rc;
-  if (!s) return c->err_code;
-  rc = sqlite3_step(s);
-  if (rc == SQLITE_ROW) rc = SQLITE_OK;
-  else chanlite_fail_sqlite(c, rc);
-  sqlite3_reset(s);
-  return rc;
+  int found;
+  return s ? chanlite_step_exists(c, s, &found) : c->err_code;
 }
 
 static int in_transaction(Chanlite *c) {
