@@ -54,6 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sqlite3.h>
+#include "check.h"
 
 #define SENDERS 2
 #define RECEIVERS 3
@@ -67,20 +68,7 @@ typedef struct Ack { int32_t incarnation, seq; } Ack;
 
 static const char *ext;
 static char db_path[128];
-static int passed, failed;
 
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-  va_list ap;
-  printf("%s: ", ok ? "ok" : "FAILED");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-  fflush(stdout);
-  if (ok) passed++;
-  else failed++;
-}
 
 static int env_int(const char *name, int dflt) {
   const char *v = getenv(name);
