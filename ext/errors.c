@@ -66,6 +66,11 @@ int chanlite_fail_sqlite(Chanlite *c, int rc) {
         "journal, or PRAGMA max_page_count reached: this call changed nothing; "
         "free space, then retry)", c->fn, msg);
   }
+  if ((rc & 0xff) == SQLITE_TOOBIG) {
+    return chanlite_fail(c, rc,
+        "%s(): %s (a message is longer than this connection's length limit, "
+        "SQLITE_LIMIT_LENGTH: this call changed nothing)", c->fn, msg);
+  }
   return chanlite_fail(c, rc, "%s(): %s", c->fn, msg);
 }
 
