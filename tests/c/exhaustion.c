@@ -131,7 +131,7 @@ static int private_mounts(char *why, int n) {
     snprintf(map, sizeof map, "0 %u 1", (unsigned)gid);
     if (write_file("/proc/self/gid_map", map, why, n) != 0) return -1;
   }
-  if (mount(0, "/", 0, MS_REC | MS_PRIVATE, 0) != 0) {
+  if (mount("none", "/", "none", MS_REC | MS_PRIVATE, 0) != 0) {
     snprintf(why, (size_t)n, "make / private: %s", strerror(errno));
     return -1;
   }
@@ -284,12 +284,36 @@ static void lock_storm(void) {
   char path[] = "/tmp/chanlite-locked-XXXXXX", buf[512], body[32], side[300];
   sqlite3 *db, *holder;
   int fd = mkstemp(path), rc, i, sent = 0, refused = 0, got = 0, got_busy = 0, dup = 0;
-  int status = 0, other = 0;
+  int status = 0, other = 0, go[2];
   char first_other[512] = "";
-  pid_t pid;
+  pid_t pid, reaped = 0;
   static char seen[20000];
   if (fd < 0) { perror("mkstemp"); exit(2); }
   close(fd);
+
+  /* The storm's lock holder, forked before this process opens anything
+  ** (connections must not cross a fork): it takes the lock for 80 ms, lets
+  ** go for 20 ms, 30 times, once told to start. */
+  if (pipe(go) != 0) { perror("pipe"); exit(2); }
+  fflush(stdout);
+  pid = fork();
+  if (pid == 0) {
+    struct timespec hold = {0, 80 * 1000000L}, gap = {0, 20 * 1000000L};
+    sqlite3 *h;
+    char c;
+    close(go[1]);
+    if (read(go[0], &c, 1) != 1) _exit(1);
+    h = open_db(path, "WAL", 5000);
+    for (i = 0; i < 30; i++) {
+      if (call(h, "BEGIN IMMEDIATE", 0, 0, 0, 0) != SQLITE_OK) break;
+      nanosleep(&hold, 0);
+      call(h, "COMMIT", 0, 0, 0, 0);
+      nanosleep(&gap, 0);
+    }
+    sqlite3_close(h);
+    _exit(i == 30 ? 0 : 1);
+  }
+  close(go[0]);
   db = open_db(path, "WAL", 50);
   holder = open_db(path, "WAL", 5000);
   call(db, "SELECT channel_send('q', 'before')", 0, 0, 0, 0);
@@ -325,23 +349,11 @@ static void lock_storm(void) {
   check(count(db, "SELECT chanlite_config('capacity')") == 100,
         "lock released: the failed chanlite_config changed nothing");
 
-  /* The storm: another process takes the lock for 80 ms, lets go for 20 ms,
-  ** 30 times, while this one sends and receives, in turn, at a 50 ms busy timeout. */
-  fflush(stdout);
-  pid = fork();
-  if (pid == 0) {
-    sqlite3 *h = open_db(path, "WAL", 5000);
-    struct timespec hold = {0, 80 * 1000000L}, gap = {0, 20 * 1000000L};
-    for (i = 0; i < 30; i++) {
-      if (call(h, "BEGIN IMMEDIATE", 0, 0, 0, 0) != SQLITE_OK) _exit(1);
-      nanosleep(&hold, 0);
-      call(h, "COMMIT", 0, 0, 0, 0);
-      nanosleep(&gap, 0);
-    }
-    sqlite3_close(h);
-    _exit(0);
-  }
-  for (i = 0; i < (int)sizeof seen && waitpid(pid, &status, WNOHANG) == 0; i++) {
+  /* The storm, while this process sends and receives, in turn, at a 50 ms
+  ** busy timeout. */
+  if (write(go[1], "x", 1) != 1) { perror("write"); exit(2); }
+  close(go[1]);
+  for (i = 0; i < (int)sizeof seen && (reaped = waitpid(pid, &status, WNOHANG)) == 0; i++) {
     snprintf(body, sizeof body, "%d", i);
     rc = call(db, "SELECT channel_send('storm', ?1)", body, 0, buf, sizeof buf);
     if (rc == SQLITE_OK) { seen[i] = 1; sent++; }
@@ -354,9 +366,9 @@ static void lock_storm(void) {
   }
   check(other == 0, "storm: no call failed with anything but SQLITE_BUSY (%d did; first: %s)",
         other, other ? first_other : "none");
-  if (waitpid(pid, &status, 0) == pid || WIFEXITED(status)) {
-    check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "storm: the lock holder did its 30 holds");
-  }
+  if (reaped == 0) reaped = waitpid(pid, &status, 0);
+  check(reaped == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "storm: the lock holder did its 30 holds");
   for (;;) {
     rc = call(db, "SELECT channel_recv('storm')", 0, 0, buf, sizeof buf);
     if (rc != SQLITE_OK || strcmp(buf, "NULL") == 0) break;
