@@ -111,9 +111,18 @@ static int seconds_arg(Chanlite *c, const char *what, sqlite3_value *v) {
 ** 0, which would expire every message at once) is an error, not a loss. */
 int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, double *out) {
   const ConfigKey *k = find_key(key);
+  int type = sqlite3_value_type(v);
+  double d = sqlite3_value_double(v);
   sqlite3_int64 n = 0;
-  char *what = sqlite3_mprintf("%s(): the %s stored in the database", c->fn, key);
+  char *what;
   int rc;
+  /* The common case first, without building the error's wording. */
+  if (k && (type == SQLITE_INTEGER || type == SQLITE_FLOAT) && isfinite(d) && d >= 0 &&
+      (!k->integer || d == floor(d))) {
+    *out = d;
+    return SQLITE_OK;
+  }
+  what = sqlite3_mprintf("%s(): the %s stored in the database", c->fn, key);
   if (!what || !k) {
     sqlite3_free(what);
     return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
