@@ -19,7 +19,8 @@
 **
 ** Files: chanlite.c (this: loading), names.c (argument checks), message.c,
 ** group.c, maintenance.c (the operations), config.c (settings and clock),
-** transaction.c (atomicity), statements.c (the statement cache), vtab.c
+** transaction.c (atomicity), schema.c (refusing chanlite tables that
+** chanlite did not make), statements.c (the statement cache), vtab.c
 ** (table-valued functions), errors.c. The SQL they run is in sql/.
 */
 #include <string.h>

@@ -44,6 +44,8 @@ struct Chanlite {
   int autocheckpoint;  /* what SQLite's own WAL hook would checkpoint at */
   int bell_fd;         /* the bell, open for ringing; -1 not yet, -2 cannot */
   int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
+  int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
+  int schema_reprepares; /* schema_check's re-preparations when verified */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -80,9 +82,13 @@ int chanlite_begin(Chanlite *c);
 int chanlite_end(Chanlite *c, int rc);
 int chanlite_schema_missing(Chanlite *c);
 
+/* schema.c */
+int chanlite_schema_verify(Chanlite *c);
+
 /* config.c */
 double chanlite_time(Chanlite *c);
 double chanlite_default(const char *key);
+int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, double *out);
 
 /* message.c */
 int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,

@@ -106,6 +106,33 @@ static int seconds_arg(Chanlite *c, const char *what, sqlite3_value *v) {
   return bad_value(c, what, "a non-negative number of seconds", v);
 }
 
+/* A setting read back from the database, where anyone may have written it:
+** checked like the argument that set it, so that an expiry of 'abc' (read as
+** 0, which would expire every message at once) is an error, not a loss. */
+int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, double *out) {
+  const ConfigKey *k = find_key(key);
+  int type = sqlite3_value_type(v);
+  double d = sqlite3_value_double(v);
+  sqlite3_int64 n = 0;
+  char *what;
+  int rc;
+  /* The common case first, without building the error's wording. */
+  if (k && (type == SQLITE_INTEGER || type == SQLITE_FLOAT) && isfinite(d) && d >= 0 &&
+      (!k->integer || d == floor(d))) {
+    *out = d;
+    return SQLITE_OK;
+  }
+  what = sqlite3_mprintf("%s(): the %s stored in the database", c->fn, key);
+  if (!what || !k) {
+    sqlite3_free(what);
+    return chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+  }
+  rc = k->integer ? count_arg(c, what, v, &n) : seconds_arg(c, what, v);
+  sqlite3_free(what);
+  if (rc == SQLITE_OK) *out = k->integer ? (double)n : sqlite3_value_double(v);
+  return rc;
+}
+
 static void result_default(sqlite3_context *ctx, const ConfigKey *k) {
   if (k->dflt == floor(k->dflt)) sqlite3_result_int64(ctx, (sqlite3_int64)k->dflt);
   else sqlite3_result_double(ctx, k->dflt);

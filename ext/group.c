@@ -18,8 +18,7 @@ static int membership_expiry(Chanlite *c, double *seconds) {
   sqlite3_bind_double(s, 1, chanlite_default("group_expiry"));
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) {
-    *seconds = sqlite3_column_double(s, 0);
-    rc = SQLITE_OK;
+    rc = chanlite_stored_setting(c, "group_expiry", sqlite3_column_value(s, 0), seconds);
   } else {
     chanlite_fail_sqlite(c, rc);
   }

@@ -25,9 +25,10 @@ static int send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
   sqlite3_bind_double(s, 3, chanlite_default("capacity"));
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) {
-    *expiry = sqlite3_column_double(s, 0);
-    *capacity = sqlite3_column_int64(s, 1);
-    rc = SQLITE_OK;
+    double n = 0;
+    rc = chanlite_stored_setting(c, "expiry", sqlite3_column_value(s, 0), expiry);
+    if (rc == SQLITE_OK) rc = chanlite_stored_setting(c, "capacity", sqlite3_column_value(s, 1), &n);
+    *capacity = (sqlite3_int64)n;
   } else {
     chanlite_fail_sqlite(c, rc);
   }
@@ -49,6 +50,32 @@ static int queue_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth)
   return rc;
 }
 
+/* The depth counter is kept by triggers, but a database edited by hand or
+** by another program can hold a wrong one. Two wrongs that matter are cheap
+** to see where they matter: a count for an empty queue (every send refused
+** as full, for ever) and a negative one (too many admitted). Either is
+** counted again. Runs only for a queue that looks full or negative. */
+static int check_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth) {
+  static const int recount[] = {CHANLITE_STMT_QUEUE_FORGET, CHANLITE_STMT_QUEUE_RECOUNT};
+  sqlite3_stmt *s;
+  int rc, found = 0, i;
+  if (*depth >= 0) {
+    s = chanlite_stmt(c, CHANLITE_STMT_PEEK_QUEUE);
+    if (!s) return c->err_code;
+    sqlite3_bind_text(s, 1, ch->full, ch->n_queue, SQLITE_STATIC);
+    rc = chanlite_step_exists(c, s, &found);
+    if (rc != SQLITE_OK || found) return rc;
+  }
+  for (i = 0; i < 2; i++) {
+    s = chanlite_stmt(c, recount[i]);
+    if (!s) return c->err_code;
+    sqlite3_bind_text(s, 1, ch->full, ch->n_queue, SQLITE_STATIC);
+    rc = chanlite_step_done(c, s);
+    if (rc != SQLITE_OK) return rc;
+  }
+  return queue_depth(c, ch, depth);
+}
+
 /* Store one message unless its queue is full. Runs inside a transaction. */
 int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
                       double now, sqlite3_int64 *id, int *full) {
@@ -57,10 +84,11 @@ int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
   sqlite3_stmt *s;
   int rc = send_settings(c, ch, &expiry, &capacity);
   if (rc == SQLITE_OK) rc = queue_depth(c, ch, &depth);
-  if (rc == SQLITE_OK && depth >= capacity) {
+  if (rc == SQLITE_OK && (depth >= capacity || depth < 0)) {
     /* The count includes expired rows: remove them, then count again. */
     rc = chanlite_purge_expired(c, now, 0);
     if (rc == SQLITE_OK) rc = queue_depth(c, ch, &depth);
+    if (rc == SQLITE_OK && (depth >= capacity || depth < 0)) rc = check_depth(c, ch, &depth);
   }
   *full = depth >= capacity;
   if (rc != SQLITE_OK || *full) return rc;
@@ -128,6 +156,18 @@ int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **
       return rc;
     }
     if (sqlite3_column_double(s, 2) > now) {
+      int type = sqlite3_column_type(s, 3);
+      if (type != SQLITE_TEXT && type != SQLITE_BLOB) {
+        /* Not stored by chanlite: refused, not delivered (a NULL would
+        ** read as "no message"), and left for whoever put it there. */
+        rc = chanlite_fail(c, SQLITE_CORRUPT, "%s(): message %lld in chanlite_message is %s, "
+                           "not TEXT or BLOB, so chanlite did not store it; delete it with "
+                           "DELETE FROM chanlite_message WHERE id = %lld", c->fn,
+                           sqlite3_column_int64(s, 0), chanlite_type_name(type),
+                           sqlite3_column_int64(s, 0));
+        sqlite3_reset(s);
+        return rc;
+      }
       *row = s;
       return SQLITE_OK;
     }

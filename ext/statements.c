@@ -24,6 +24,7 @@ static void finalize_all(Chanlite *c) {
     sqlite3_finalize(c->stmt[i]);
     c->stmt[i] = 0;
   }
+  c->schema_verified = 0; /* counted on schema_check, just finalized */
 }
 
 /* Connect chanlite_statements by preparing a statement that names it. */

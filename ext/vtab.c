@@ -368,6 +368,17 @@ static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col
   if (col == BATCH_COL_CHANNEL) {
     sqlite3_result_text(ctx, p->channel, -1, SQLITE_TRANSIENT);
   } else if (col == BATCH_COL_MESSAGE) {
+    /* Popped through the other connection, it may be longer than this one
+    ** takes: SQLite would refuse it after it counted as read, and lose it. */
+    int limit = sqlite3_limit(sqlite3_context_db_handle(ctx), SQLITE_LIMIT_LENGTH, -1);
+    if (sqlite3_value_bytes(p->body) > limit) {
+      sqlite3_free(base->pVtab->zErrMsg);
+      base->pVtab->zErrMsg = sqlite3_mprintf(
+          "chanlite: channel_recv_batch(): a message of %d bytes is longer than this "
+          "connection's length limit (SQLITE_LIMIT_LENGTH, %d bytes): it stays queued",
+          sqlite3_value_bytes(p->body), limit);
+      return SQLITE_TOOBIG;
+    }
     sqlite3_result_value(ctx, p->body);
     p->read = 1;
   } else if (col == BATCH_COL_EXPIRES_AT) {

@@ -13,6 +13,14 @@ SELECT
 -- name: queue_depth
 SELECT depth FROM main.chanlite_queue WHERE queue = ?1
 
+-- Setting a wrong depth counter right (ext/message.c, check_depth).
+-- name: queue_forget
+DELETE FROM main.chanlite_queue WHERE queue = ?1
+
+-- name: queue_recount
+INSERT INTO main.chanlite_queue(queue, depth)
+SELECT ?1, count(*) FROM main.chanlite_message WHERE queue = ?1 HAVING count(*) > 0
+
 -- name: insert_message
 INSERT INTO main.chanlite_message(queue, local, sent_at, expires_at, body)
 VALUES (?1, ?2, ?3, ?4, ?5)

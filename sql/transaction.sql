@@ -29,6 +29,12 @@ ROLLBACK TO chanlite
 -- name: schema_check
 SELECT 1 FROM main.chanlite_message WHERE 0
 
+-- Every table, view and trigger, for comparing chanlite's with what its
+-- schema script makes (ext/schema.c).
+-- name: schema_definitions
+SELECT type, name, tbl_name, sql FROM main.sqlite_schema
+WHERE type IN ('table', 'view', 'trigger')
+
 -- What channel_recv_batch needs to open its second connection (ext/vtab.c).
 -- name: journal_mode
 PRAGMA main.journal_mode

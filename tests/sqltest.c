@@ -12,6 +12,8 @@
 ** switches to another connection to the same database file (opened, with
 ** chanlite loaded, on first use), so that transactions can be shown side by
 ** side. Every connection starts in WAL mode with a 5 s busy timeout.
+** `-- @limit_length N` lowers the current connection's SQLITE_LIMIT_LENGTH
+** (the longest string or BLOB it will handle) to N bytes.
 **
 ** It prints each mismatch and ends with "N passed, N failed".
 */
@@ -128,7 +130,11 @@ int main(int argc, char **argv) {
     while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r' || (p[0] == '-' && p[1] == '-')) {
       if (p[0] == '-' && p[1] == '-') {
         char name[32];
+        int limit;
         if (sscanf(p, "-- @connection %31s", name) == 1) db = connection(name);
+        if (sscanf(p, "-- @limit_length %d", &limit) == 1) {
+          sqlite3_limit(db, SQLITE_LIMIT_LENGTH, limit);
+        }
         p += strcspn(p, "\n");
       } else {
         p++;
