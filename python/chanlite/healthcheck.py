@@ -156,7 +156,8 @@ def health(
         conn, owned = database, False
         report = HealthReport(monitor.database_file(conn))
     else:
-        report = HealthReport(os.path.abspath(os.fspath(database)))
+        name = os.fspath(database)
+        report = HealthReport(name if name.startswith("file:") else os.path.abspath(name))
         try:
             conn, owned = monitor.open_database(database, timeout=timeout, extension=False), True
         except (OSError, sqlite3.Error) as e:

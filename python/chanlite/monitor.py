@@ -97,13 +97,18 @@ def open_database(
 ) -> sqlite3.Connection:
     """A connection (with chanlite unless ``extension`` is False) to an
     existing database file, in autocommit mode. It never creates one: a
-    mistyped path is an error, not a new empty database."""
-    path = os.path.abspath(os.fspath(database))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"chanlite: no database at {path}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"chanlite: {path} is a directory, not a database")
-    uri = "file:" + urllib.parse.quote(path) + "?mode=rw"
+    mistyped path is an error, not a new empty database. A ``file:`` URI is
+    opened as it is."""
+    name = os.fspath(database)
+    if name.startswith("file:"):  # a URI, e.g. test mode's shared in-memory database
+        uri = name
+    else:
+        path = os.path.abspath(name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"chanlite: no database at {path}")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"chanlite: {path} is a directory, not a database")
+        uri = "file:" + urllib.parse.quote(path) + "?mode=rw"
     conn = sqlite3.connect(
         uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
     )
