@@ -570,7 +570,10 @@ def _vacuum(
         conn.execute("VACUUM")
         ran += ["PRAGMA auto_vacuum = INCREMENTAL", "VACUUM"]
     else:
-        conn.execute("PRAGMA incremental_vacuum").fetchall()  # it frees a page per row stepped
+        # Each step of incremental_vacuum frees one page, and Connection.execute
+        # steps a statement that returns no columns only once; executescript
+        # steps it to the end.
+        conn.executescript("PRAGMA incremental_vacuum")
         ran.append("PRAGMA incremental_vacuum")
     busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     ran.append("PRAGMA wal_checkpoint(TRUNCATE)")
