@@ -145,12 +145,15 @@ def health(
     thresholds: Thresholds | None = None,
     timeout: float = 2.0,
     deepest: int = 5,
+    missing_ok: bool = False,
 ) -> HealthReport:
     """Check a chanlite database: a file's path (it is opened for the check
-    and closed after; a missing file is an error, never created) or an open
-    ``sqlite3.Connection`` (chanlite is loaded into it if it lacks it; its
-    busy timeout applies). ``timeout`` is how long to wait for the write lock,
-    ``deepest`` how many of the deepest queues to report."""
+    and closed after; a missing file is an error, never created), a ``file:``
+    URI, or an open ``sqlite3.Connection`` (chanlite is loaded into it if it
+    lacks it; its busy timeout applies). ``timeout`` is how long to wait for
+    the write lock, ``deepest`` how many of the deepest queues to report.
+    ``missing_ok``: a file not created yet, in a writable directory, is
+    healthy (a channel layer creates its database on first use)."""
     limits = thresholds or Thresholds()
     if isinstance(database, sqlite3.Connection):
         conn, owned = database, False
@@ -158,6 +161,11 @@ def health(
     else:
         name = os.fspath(database)
         report = HealthReport(name if name.startswith("file:") else os.path.abspath(name))
+        if missing_ok and _creatable(name):
+            report.checks.append(
+                Check("database", Status.OK, "not created yet: created on first use", None)
+            )
+            return report
         try:
             conn, owned = monitor.open_database(database, timeout=timeout, extension=False), True
         except (OSError, sqlite3.Error) as e:
@@ -177,6 +185,14 @@ def health(
         if owned:
             conn.close()
     return report
+
+
+def _creatable(name: str) -> bool:
+    """A database file that does not exist yet, but can be created."""
+    if name.startswith("file:") or os.path.exists(name):
+        return False
+    directory = os.path.dirname(os.path.abspath(name))
+    return os.path.isdir(directory) and os.access(directory, os.W_OK)
 
 
 def _reason(error: BaseException) -> str:
@@ -241,6 +257,8 @@ def _check_files(conn: sqlite3.Connection, limits: Thresholds) -> list[Check]:
     info = monitor.files(conn)
     checks = []
     mode = info.journal_mode.lower()
+    if not info.path:  # in memory (test mode): no journal file, no WAL
+        return [Check("journal_mode", Status.OK, f"in memory (journal_mode={mode})", mode)]
     checks.append(
         Check(
             "journal_mode",

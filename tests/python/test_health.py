@@ -4,6 +4,7 @@ no trace; and the Django system check that runs it on the channel layers."""
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -260,3 +261,40 @@ def test_the_django_check_skips_a_database_not_created_yet(tmp_path: Path) -> No
 def test_the_django_check_refuses_bad_thresholds(db_path: str) -> None:
     messages = django_check(CHANLITE_HEALTH={"nonsense": 1}, **layers(db_path))
     assert [m.id for m in messages] == ["chanlite.E007"]
+
+
+# ---- the demo's health endpoint ----
+
+
+def test_the_demo_health_endpoint_is_200_until_an_error(
+    conn: sqlite3.Connection, db_path: str, tmp_path: Path
+) -> None:
+    import sys
+
+    from django.test import RequestFactory
+
+    demo = str(Path(__file__).resolve().parents[2] / "examples" / "django_chat")
+    sys.path.insert(0, demo)
+    try:
+        from chat.views import health as endpoint
+    finally:
+        sys.path.remove(demo)
+    request = RequestFactory().get("/health/")
+
+    def get(path: str) -> tuple[int, dict[str, object]]:
+        with override_settings(**layers(path)):
+            response = endpoint(request)
+        return response.status_code, json.loads(response.content)
+
+    status, body = get(db_path)
+    assert (status, body["status"]) == (200, "ok")
+    assert [c["name"] for c in body["checks"]] == CHECKS  # type: ignore[union-attr]
+    send(conn, "chat", 1, age=40)
+    assert get(db_path)[0] == 200 and get(db_path)[1]["status"] == "warning"
+    send(conn, "chat", 9)
+    status, body = get(db_path)
+    assert (status, body["status"]) == (503, "error")
+    assert get(str(tmp_path / "not-yet.sqlite3"))[0] == 200  # created on first use
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"not a database" * 500)
+    assert get(str(junk))[0] == 503

@@ -25,13 +25,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from channels import DEFAULT_CHANNEL_LAYER
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from chanlite.healthcheck import Status, Thresholds, health
+from chanlite.healthcheck import HealthReport, Status, Thresholds, health
 
-__all__ = ["IDS", "check_channel_layers", "layer_database"]
+__all__ = ["IDS", "check_channel_layers", "layer_database", "layer_health", "thresholds"]
 
 #: health check name -> the number in its message id
 IDS = {
@@ -70,6 +71,26 @@ def _is_chanlite(config: dict[str, Any]) -> bool:
     return backend.startswith("chanlite.")
 
 
+def _creatable_directory(path: str) -> bool:
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(directory) and os.access(directory, os.W_OK)
+
+
+def thresholds() -> Thresholds:
+    """The thresholds settings.CHANLITE_HEALTH sets (ValueError if it is invalid)."""
+    try:
+        return Thresholds.from_mapping(dict(getattr(settings, "CHANLITE_HEALTH", {})))
+    except TypeError as e:
+        raise ValueError(f"chanlite: invalid CHANLITE_HEALTH: {e}") from e
+
+
+def layer_health(alias: str = DEFAULT_CHANNEL_LAYER) -> HealthReport:
+    """:func:`chanlite.health` of channel layer ``alias``'s database, with
+    the CHANLITE_HEALTH thresholds (a database not created yet is healthy):
+    what a health endpoint returns."""
+    return health(layer_database(alias), thresholds=thresholds(), missing_ok=True)
+
+
 def _in_memory(path: str) -> bool:
     return path == ":memory:" or "mode=memory" in path
 
@@ -79,36 +100,35 @@ def check_channel_layers(
     app_configs: list[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     try:
-        thresholds = Thresholds.from_mapping(dict(getattr(settings, "CHANLITE_HEALTH", {})))
-    except (TypeError, ValueError) as e:
+        limits = thresholds()
+    except ValueError as e:
         return [Error(str(e), hint="fix settings.CHANLITE_HEALTH", id="chanlite.E007")]
     messages: list[CheckMessage] = []
     for alias, config in getattr(settings, "CHANNEL_LAYERS", {}).items():
         if _is_chanlite(config):
-            messages += _check_layer(alias, thresholds)
+            messages += _check_layer(alias, limits)
     return messages
 
 
-def _check_layer(alias: str, thresholds: Thresholds) -> list[CheckMessage]:
+def _check_layer(alias: str, limits: Thresholds) -> list[CheckMessage]:
     where = f"channel layer {alias!r}"
     try:
         path = layer_database(alias)
     except Exception as e:
-        return [Error(f"chanlite: {where}: {e}", id="chanlite.E001")]
+        return [
+            Error(f"chanlite: {where}: {str(e).removeprefix('chanlite: ')}", id="chanlite.E001")
+        ]
     if _in_memory(path):
         return []
-    if not os.path.exists(path):
-        directory = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(directory) and os.access(directory, os.W_OK):
-            return []  # created on first use
+    if not os.path.exists(path) and not _creatable_directory(path):
         return [
             Error(
                 f"chanlite: {where}: cannot create its database {path}: "
-                f"{directory} is not a writable directory",
+                f"{os.path.dirname(os.path.abspath(path))} is not a writable directory",
                 id="chanlite.E001",
             )
         ]
-    report = health(path, thresholds=thresholds)
+    report = health(path, thresholds=limits, missing_ok=True)
     messages: list[CheckMessage] = []
     for check in report.checks:
         if check.status is Status.OK:

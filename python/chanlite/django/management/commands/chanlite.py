@@ -73,4 +73,6 @@ class Command(BaseCommand):
             sys.stdin,
         )
         if code != cli.EXIT_OK:
+            if getattr(self, "_called_from_command_line", False):
+                sys.exit(code)  # the reason is printed already
             raise CommandError(f"chanlite {options['command']}: exit {code}", returncode=code)
