@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from django.test.utils import override_settings
 
 import chanlite
-from chanlite import cli
+from chanlite import cli, monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,6 +114,31 @@ def test_top_redraws_the_given_number_of_times(known: str) -> None:
     code, out, _ = chanlite_cmd("top", known, "--once", "--json")
     frames = [json.loads(line) for line in out.splitlines()]
     assert len(frames) == 1 and frames[0]["totals"]["messages"] == 10
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_top_on_a_terminal_clears_the_screen_before_each_view(known: str) -> None:
+    args = cli.build_parser().parse_args(["top", known, "--iterations", "2", "--interval", "0.01"])
+    out = Terminal()
+    assert cli.run(args, known, out, io.StringIO(), io.StringIO()) == 0
+    frames = out.getvalue().split("\x1b[H\x1b[2J")
+    assert frames[0] == "" and len(frames) == 3
+    assert all(f.startswith("chanlite top - ") and "chat.lobby" in f for f in frames[1:])
+
+
+def test_stats_and_dead_say_when_the_database_lacks_them(known: str) -> None:
+    plain = sqlite3.connect(known)  # no extension: no chanlite_stats, no chanlite_dead
+    try:
+        with pytest.raises(monitor.NotAvailable, match="metrics are not available"):
+            monitor.stats(plain)
+        with pytest.raises(monitor.NotAvailable, match="dead letters are not available"):
+            monitor.dead_letters(plain)
+    finally:
+        plain.close()
 
 
 def test_trim_removes_expired_messages(known: str) -> None:
