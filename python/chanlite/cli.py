@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 import chanlite
 from chanlite import monitor
@@ -42,6 +42,21 @@ EXIT_WARNING = 1
 EXIT_ERROR = 2
 
 COMMANDS = ("status", "top", "stats", "dead", "health", "trim", "flush", "vacuum")
+
+
+class Output(Protocol):
+    """Where a command writes: a text stream (sys.stdout, Django's wrapper)."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
+class Input(Protocol):
+    """Where ``flush`` reads its confirmation."""
+
+    def readline(self) -> str: ...
+    def isatty(self) -> bool: ...
 
 
 class Usage(Exception):
@@ -143,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ---- running a command ----
 
 
-def run(args: argparse.Namespace, database: str, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+def run(args: argparse.Namespace, database: str, out: Output, err: Output, stdin: Input) -> int:
     """Run the parsed command on ``database``; its exit code."""
     if args.command == "health":
         return _health(args, database, out, err)
@@ -167,7 +182,7 @@ def run(args: argparse.Namespace, database: str, out: TextIO, err: TextIO, stdin
         conn.close()
 
 
-def _error(err: TextIO, message: str) -> None:
+def _error(err: Output, message: str) -> None:
     message = message if message.startswith("chanlite: ") else f"chanlite: {message}"
     err.write(message + "\n")
 
@@ -178,7 +193,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _print_json(out: TextIO, data: Any, *, indent: int | None = 2) -> None:
+def _print_json(out: Output, data: Any, *, indent: int | None = 2) -> None:
     out.write(json.dumps(data, indent=indent, default=_json_default) + "\n")
 
 
@@ -268,7 +283,7 @@ def _status_text(snap: dict[str, Any], limit: int, rates: dict[str, float] | Non
 
 
 def _status(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     snap = snapshot(conn)
     if args.json:
@@ -292,7 +307,7 @@ _CLEAR = "\x1b[H\x1b[2J"
 
 
 def _top(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     iterations = 1 if args.once else args.iterations
     if args.interval <= 0:
@@ -339,7 +354,7 @@ def _top(
 
 
 def _stats(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     rows = monitor.stats(conn)
     per_channel = [r for r in rows if r.channel is not None]
@@ -403,7 +418,7 @@ def _preview(body: bytes | str, width: int = 60) -> str:
 
 
 def _dead(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     letters = monitor.dead_letters(conn, limit=args.limit, channel=args.channel)
     if args.json:
@@ -475,7 +490,7 @@ def _thresholds(pairs: list[str]) -> Thresholds:
         raise Usage(str(e)) from e
 
 
-def _health(args: argparse.Namespace, database: str, out: TextIO, err: TextIO) -> int:
+def _health(args: argparse.Namespace, database: str, out: Output, err: Output) -> int:
     try:
         thresholds = _thresholds(args.threshold)
     except Usage as e:
@@ -503,7 +518,7 @@ def _health(args: argparse.Namespace, database: str, out: TextIO, err: TextIO) -
 
 
 def _trim(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     removed = int(conn.execute("SELECT channel_trim()").fetchone()[0])
     if args.json:
@@ -514,7 +529,7 @@ def _trim(
 
 
 def _flush(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     if not args.yes:
         totals = snapshot(conn)["totals"]
@@ -558,7 +573,7 @@ def _describe(sizes: dict[str, Any]) -> str:
 
 
 def _vacuum(
-    args: argparse.Namespace, conn: sqlite3.Connection, out: TextIO, err: TextIO, stdin: TextIO
+    args: argparse.Namespace, conn: sqlite3.Connection, out: Output, err: Output, stdin: Input
 ) -> int:
     before = _sizes(conn)
     ran = []
@@ -595,7 +610,7 @@ def _vacuum(
     return EXIT_OK
 
 
-_Handler = Callable[[argparse.Namespace, sqlite3.Connection, TextIO, TextIO, TextIO], int]
+_Handler = Callable[[argparse.Namespace, sqlite3.Connection, Output, Output, Input], int]
 _HANDLERS: dict[str, _Handler] = {
     "status": _status,
     "top": _top,

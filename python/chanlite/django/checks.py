@@ -23,6 +23,7 @@ in-memory database.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
@@ -97,7 +98,9 @@ def _in_memory(path: str) -> bool:
 
 @register("chanlite")
 def check_channel_layers(
-    app_configs: list[AppConfig] | None = None, **kwargs: Any
+    app_configs: Sequence[AppConfig] | None = None,
+    databases: Sequence[str] | None = None,
+    **kwargs: Any,
 ) -> list[CheckMessage]:
     try:
         limits = thresholds()
