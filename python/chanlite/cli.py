@@ -440,7 +440,14 @@ def _dead(
         )
         return EXIT_OK
     if not letters:
-        out.write("no dead letters\n")
+        kept = monitor.dead_letters_kept(conn)
+        if kept == 0:
+            out.write(
+                "no dead letters: keeping them is off "
+                "(SELECT chanlite_config('dead_letters', 1000) keeps the newest 1000)\n"
+            )
+        else:
+            out.write("no dead letters\n")
         return EXIT_OK
     now = time.time()
     out.write(

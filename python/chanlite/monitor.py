@@ -27,6 +27,7 @@ __all__ = [
     "channels",
     "database_file",
     "dead_letters",
+    "dead_letters_kept",
     "files",
     "format_age",
     "format_size",
@@ -243,7 +244,7 @@ def dead_letters(
     conn: sqlite3.Connection, *, limit: int = 0, channel: str | None = None
 ) -> list[DeadLetter]:
     """Dead letters, newest first (``limit`` 0: all). Raises NotAvailable
-    where the database keeps none."""
+    where the extension that made the database has none."""
     sql = "SELECT id, channel, reason, sent_at, dead_at, body FROM chanlite_dead"
     params: list[Any] = []
     if channel is not None:
@@ -256,13 +257,24 @@ def dead_letters(
     try:
         rows = conn.execute(sql, params).fetchall()
     except sqlite3.OperationalError as e:
-        if _missing(e, "chanlite_dead"):
-            raise NotAvailable(
-                "chanlite: dead letters are not available in this database/extension "
-                f"(chanlite_dead: {e})"
-            ) from e
-        raise
+        if not _missing(e, "chanlite_dead"):
+            raise
+        if not _has_table(conn, "chanlite_message"):
+            return []  # no chanlite tables yet: nothing was ever sent
+        raise NotAvailable(
+            "chanlite: dead letters are not available in this database/extension "
+            "(it has no chanlite_dead table: an extension older than dead letters made it)"
+        ) from e
     return [DeadLetter(int(i), str(c), str(r), float(s), float(d), b) for i, c, r, s, d, b in rows]
+
+
+def dead_letters_kept(conn: sqlite3.Connection) -> int | None:
+    """The ``dead_letters`` setting (the most dead letters kept; 0: off), or
+    None where the extension has no such setting."""
+    try:
+        return int(conn.execute("SELECT chanlite_config('dead_letters')").fetchone()[0])
+    except sqlite3.OperationalError:
+        return None
 
 
 def format_age(seconds: float | None) -> str:

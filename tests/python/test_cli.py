@@ -131,14 +131,18 @@ def test_top_on_a_terminal_clears_the_screen_before_each_view(known: str) -> Non
 
 
 def test_stats_and_dead_say_when_the_database_lacks_them(known: str) -> None:
-    plain = sqlite3.connect(known)  # no extension: no chanlite_stats, no chanlite_dead
+    plain = sqlite3.connect(known)  # without the extension: no chanlite_stats
     try:
         with pytest.raises(monitor.NotAvailable, match="metrics are not available"):
             monitor.stats(plain)
+        # A database made by an extension from before dead letters.
+        plain.execute("DROP TABLE IF EXISTS chanlite_dead")
         with pytest.raises(monitor.NotAvailable, match="dead letters are not available"):
             monitor.dead_letters(plain)
     finally:
         plain.close()
+    code, out, err = chanlite_cmd("dead", known)
+    assert (code, out) == (2, "") and "dead letters are not available" in err
 
 
 def test_trim_removes_expired_messages(known: str) -> None:
