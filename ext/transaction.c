@@ -40,12 +40,14 @@ static void undo(Chanlite *c) {
   c->err = msg;
 }
 
-/* Create the tables on first use. */
+/* Create the tables on first use, or bring those of an older chanlite up
+** to date. */
 static int ensure_schema(Chanlite *c) {
   int rc = run(c, CHANLITE_STMT_SCHEMA_CHECK);
   if (rc == SQLITE_OK || !chanlite_schema_missing(c)) return rc;
   rc = sqlite3_exec(c->db, chanlite_schema_sql, 0, 0, 0);
-  return rc == SQLITE_OK ? SQLITE_OK : chanlite_fail_sqlite(c, rc);
+  if (rc != SQLITE_OK) return chanlite_fail_sqlite(c, rc);
+  return chanlite_upgrade_schema(c);
 }
 
 int chanlite_begin(Chanlite *c) {
