@@ -80,6 +80,7 @@ int chanlite_register_statements(sqlite3 *db, Chanlite *c);
 int chanlite_begin(Chanlite *c);
 int chanlite_end(Chanlite *c, int rc);
 int chanlite_schema_missing(Chanlite *c);
+int chanlite_has_tables(Chanlite *c);
 
 /* config.c */
 double chanlite_time(Chanlite *c);

@@ -80,3 +80,10 @@ int chanlite_schema_missing(Chanlite *c) {
   }
   return 0;
 }
+
+/* Whether this database has chanlite tables at all, of any version. */
+int chanlite_has_tables(Chanlite *c) {
+  if (run(c, CHANLITE_STMT_MESSAGES_TABLE) == SQLITE_OK) return 1;
+  chanlite_clear_error(c);
+  return 0;
+}

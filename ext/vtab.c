@@ -483,13 +483,19 @@ static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   cur->rowid = 0;
   rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->stmt_id], -1, &cur->stmt, 0);
   if (rc != SQLITE_OK) {
+    int outdated;
     chanlite_fail_sqlite(c, rc);
+    outdated = c->err && strstr(c->err, "no such column");
     if (chanlite_schema_missing(c)) {
       if (q->empty_id < 0) return SQLITE_OK; /* no tables: no rows */
-      rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->empty_id], -1, &cur->stmt, 0);
-      if (rc == SQLITE_OK) return query_next(base);
-      chanlite_fail_sqlite(c, rc);
-    } else if (c->err && strstr(c->err, "no such column")) {
+      outdated = chanlite_has_tables(c); /* a table newer than the rest is missing */
+      if (!outdated) {
+        rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->empty_id], -1, &cur->stmt, 0);
+        if (rc == SQLITE_OK) return query_next(base);
+        chanlite_fail_sqlite(c, rc);
+      }
+    }
+    if (outdated) {
       /* Reading writes nothing, so it cannot upgrade the tables itself. */
       chanlite_clear_error(c);
       chanlite_fail(c, SQLITE_ERROR, "%s: this database's chanlite tables were made by an "

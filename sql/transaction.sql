@@ -31,6 +31,10 @@ ROLLBACK TO chanlite
 -- name: schema_check
 SELECT 1 FROM main.chanlite_message, main.chanlite_dead WHERE 0
 
+-- Are there chanlite tables of any version? (Reads cannot upgrade.)
+-- name: messages_table
+SELECT 1 FROM main.chanlite_message WHERE 0
+
 -- What channel_recv_batch needs to open its second connection (ext/vtab.c).
 -- name: journal_mode
 PRAGMA main.journal_mode
