@@ -41,6 +41,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <sqlite3.h>
+#include "check.h"
 
 #define PROCS 4
 #define N_CH 4 /* ct.0, ct.1, ct.2, and the queue ct.p! */
@@ -56,19 +57,6 @@ typedef struct Tally {
 static const char *ext;
 static char dir[64], db_path[128];
 static int iterations;
-static int passed, failed;
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-  va_list ap;
-  printf("%s: ", ok ? "ok" : "FAIL");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-  if (ok) passed++;
-  else failed++;
-}
 
 static int busy_timeout_ms(void) {
   const char *env = getenv("CHANLITE_MP_BUSY_MS");
