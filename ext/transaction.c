@@ -40,12 +40,14 @@ static void undo(Chanlite *c) {
   c->err = msg;
 }
 
-/* Create the tables on first use. */
+/* Create the tables on first use, or bring those of an older chanlite up
+** to date. */
 static int ensure_schema(Chanlite *c) {
   int rc = run(c, CHANLITE_STMT_SCHEMA_CHECK);
   if (rc == SQLITE_OK || !chanlite_schema_missing(c)) return rc;
   rc = sqlite3_exec(c->db, chanlite_schema_sql, 0, 0, 0);
-  return rc == SQLITE_OK ? SQLITE_OK : chanlite_fail_sqlite(c, rc);
+  if (rc != SQLITE_OK) return chanlite_fail_sqlite(c, rc);
+  return chanlite_upgrade_schema(c);
 }
 
 int chanlite_begin(Chanlite *c) {
@@ -76,5 +78,12 @@ int chanlite_schema_missing(Chanlite *c) {
     chanlite_clear_error(c);
     return 1;
   }
+  return 0;
+}
+
+/* Whether this database has chanlite tables at all, of any version. */
+int chanlite_has_tables(Chanlite *c) {
+  if (run(c, CHANLITE_STMT_MESSAGES_TABLE) == SQLITE_OK) return 1;
+  chanlite_clear_error(c);
   return 0;
 }
