@@ -46,6 +46,7 @@ struct Chanlite {
   int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
   int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
   int schema_reprepares; /* schema_check's re-preparations when verified */
+  double next_upkeep;  /* when a send next folds idle counters (stats.c) */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -81,6 +82,7 @@ int chanlite_register_statements(sqlite3 *db, Chanlite *c);
 int chanlite_begin(Chanlite *c);
 int chanlite_end(Chanlite *c, int rc);
 int chanlite_schema_missing(Chanlite *c);
+int chanlite_has_tables(Chanlite *c);
 
 /* schema.c */
 int chanlite_schema_verify(Chanlite *c);
@@ -89,6 +91,7 @@ int chanlite_schema_verify(Chanlite *c);
 double chanlite_time(Chanlite *c);
 double chanlite_default(const char *key);
 int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, double *out);
+int chanlite_setting(Chanlite *c, const char *key, double *value);
 
 /* message.c */
 int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
@@ -101,6 +104,17 @@ int chanlite_pop_done(Chanlite *c, sqlite3_stmt *row);
 /* maintenance.c */
 int chanlite_purge_some(Chanlite *c, double now);
 int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed);
+
+/* stats.c: counters and dead letters, on the paths no trigger tells apart */
+int chanlite_count_expired(Chanlite *c, double now, int limit);
+int chanlite_count_expired_head(Chanlite *c, const ChannelName *ch, sqlite3_stmt *head);
+int chanlite_count_full(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                        int by_group);
+int chanlite_uncount_put_back(Chanlite *c, const char *queue, int n_queue);
+int chanlite_stats_upkeep(Chanlite *c, double now);
+int chanlite_stats_trim(Chanlite *c, double now);
+int chanlite_stats_flush(Chanlite *c);
+int chanlite_upgrade_schema(Chanlite *c);
 
 /* wake.c */
 void chanlite_after_commit(Chanlite *c, int own_txn);

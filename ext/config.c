@@ -28,6 +28,13 @@ static const ConfigKey config_keys[] = {
   {"expiry", 60, 0},
   {"group_expiry", 86400, 0},
   {"capacity", 100, 1},
+  /* Dead letters (ext/stats.c): the most kept (0: none, the default), and
+  ** for how long (0: until newer ones push them out). */
+  {"dead_letters", 0, 1},
+  {"dead_letter_retention", 0, 0},
+  /* How long the counters of an idle channel are kept apart before they
+  ** are folded into the totals (ext/stats.c). */
+  {"stats_retention", 3600, 0},
 };
 #define N_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
 
@@ -42,6 +49,31 @@ static const ConfigKey *find_key(const char *key) {
 double chanlite_default(const char *key) {
   const ConfigKey *k = find_key(key);
   return k ? k->dflt : 0;
+}
+
+/* The setting in force for `key`: the stored value, else its default. */
+int chanlite_setting(Chanlite *c, const char *key, double *value) {
+  sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_CONFIG_GET);
+  int rc;
+  *value = chanlite_default(key);
+  if (!s) return c->err_code;
+  sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) *value = sqlite3_column_double(s, 0);
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE) rc = SQLITE_OK;
+  else chanlite_fail_sqlite(c, rc);
+  sqlite3_reset(s);
+  return rc;
+}
+
+/* "expiry, group_expiry, ...", for the unknown-key error. */
+static char *key_list(void) {
+  sqlite3_str *out = sqlite3_str_new(0);
+  int i;
+  for (i = 0; i < N_KEYS; i++) {
+    sqlite3_str_appendf(out, "%s%s", i ? ", " : "", config_keys[i].key);
+  }
+  return sqlite3_str_finish(out);
 }
 
 /* Unix seconds, from the VFS like SQLite's own date functions. */
@@ -168,9 +200,11 @@ static void fn_config(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value
     rc = chanlite_fail(c, SQLITE_MISMATCH, "config key must be TEXT, not %s",
                        chanlite_type_name(sqlite3_value_type(argv[0])));
   } else if (!(k = find_key((const char *)sqlite3_value_text(argv[0])))) {
-    rc = chanlite_fail(c, SQLITE_ERROR,
-                       "unknown config key: %.40s (keys: expiry, group_expiry, capacity)",
-                       sqlite3_value_text(argv[0]));
+    char *keys = key_list();
+    rc = keys ? chanlite_fail(c, SQLITE_ERROR, "unknown config key: %.40s (keys: %s)",
+                              sqlite3_value_text(argv[0]), keys)
+              : chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+    sqlite3_free(keys);
   } else if (argc == 1) {
     rc = read_config(c, ctx, k);
   } else {

@@ -129,6 +129,7 @@ static int send_to_members(Chanlite *c, const char *group, int n_group,
     ** checked again rather than trusted. */
     rc = chanlite_channel_text(c, z, sqlite3_column_bytes(members, 0), &ch);
     if (rc == SQLITE_OK) rc = chanlite_send_one(c, &ch, msg, now, &id, &full);
+    if (rc == SQLITE_OK && full) rc = chanlite_count_full(c, &ch, msg, now, 1);
     if (rc != SQLITE_OK) break;
     if (!full) (*delivered)++;
   }

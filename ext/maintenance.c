@@ -7,7 +7,8 @@
 ** No separate job is needed: receives remove the expired messages at the
 ** head of their queue, every send removes a few expired messages anywhere,
 ** and a send to a full queue removes them all before it counts again.
-** channel_trim() is for giving space back at a time of your choosing.
+** channel_trim() is for giving space back at a time of your choosing; it
+** also folds idle channels' counters into the totals (ext/stats.c).
 */
 #include "chanlite.h"
 
@@ -19,11 +20,14 @@
 int chanlite_purge_some(Chanlite *c, double now) {
   sqlite3_stmt *probe = chanlite_stmt(c, CHANLITE_STMT_ANY_EXPIRED);
   sqlite3_stmt *s;
-  int rc, found = 0;
+  int rc = chanlite_stats_upkeep(c, now), found = 0;
+  if (rc != SQLITE_OK) return rc;
   if (!probe) return c->err_code;
   sqlite3_bind_double(probe, 1, now);
   rc = chanlite_step_exists(c, probe, &found);
   if (rc != SQLITE_OK || !found) return rc;
+  rc = chanlite_count_expired(c, now, PURGE_PER_SEND);
+  if (rc != SQLITE_OK) return rc;
   s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
   if (!s) return c->err_code;
   sqlite3_bind_double(s, 1, now);
@@ -42,16 +46,28 @@ static int delete_rows(Chanlite *c, int id, double now, sqlite3_int64 *removed) 
   return rc;
 }
 
+/* Expired messages are counted (and kept as dead letters) before they go. */
 int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed) {
+  int rc = chanlite_count_expired(c, now, -1);
+  if (rc != SQLITE_OK) return rc;
   return delete_rows(c, CHANLITE_STMT_PURGE_EXPIRED_MESSAGES, now, removed);
 }
 
-static void run_deletes(Chanlite *c, sqlite3_context *ctx, int messages_id, int groups_id) {
+/* The count it returns is of messages and memberships; counters, idle
+** counter rows and dead letters are bookkeeping, not counted. */
+static void trim_or_flush(Chanlite *c, sqlite3_context *ctx, int flush) {
   sqlite3_int64 removed = 0;
   double now = chanlite_time(c);
   int rc = chanlite_begin(c);
-  if (rc == SQLITE_OK) rc = delete_rows(c, messages_id, now, &removed);
-  if (rc == SQLITE_OK) rc = delete_rows(c, groups_id, now, &removed);
+  if (flush) {
+    if (rc == SQLITE_OK) rc = delete_rows(c, CHANLITE_STMT_FLUSH_MESSAGES, now, &removed);
+    if (rc == SQLITE_OK) rc = delete_rows(c, CHANLITE_STMT_FLUSH_GROUPS, now, &removed);
+    if (rc == SQLITE_OK) rc = chanlite_stats_flush(c);
+  } else {
+    if (rc == SQLITE_OK) rc = chanlite_purge_expired(c, now, &removed);
+    if (rc == SQLITE_OK) rc = delete_rows(c, CHANLITE_STMT_PURGE_EXPIRED_GROUPS, now, &removed);
+    if (rc == SQLITE_OK) rc = chanlite_stats_trim(c, now);
+  }
   rc = chanlite_end(c, rc);
   if (rc == SQLITE_OK) sqlite3_result_int64(ctx, removed);
   else chanlite_report(c, ctx);
@@ -59,12 +75,14 @@ static void run_deletes(Chanlite *c, sqlite3_context *ctx, int messages_id, int 
 
 static void fn_trim(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc; (void)argv;
-  run_deletes(c, ctx, CHANLITE_STMT_PURGE_EXPIRED_MESSAGES, CHANLITE_STMT_PURGE_EXPIRED_GROUPS);
+  trim_or_flush(c, ctx, 0);
 }
 
+/* Flush empties everything, counters and dead letters too: it is how tests
+** start from nothing, and what an operator asks for when they flush. */
 static void fn_flush(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc; (void)argv;
-  run_deletes(c, ctx, CHANLITE_STMT_FLUSH_MESSAGES, CHANLITE_STMT_FLUSH_GROUPS);
+  trim_or_flush(c, ctx, 1);
 }
 
 const ChanliteFunction chanlite_maintenance_functions[] = {

@@ -171,7 +171,9 @@ int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **
       *row = s;
       return SQLITE_OK;
     }
-    rc = chanlite_pop_done(c, s); /* expired: never delivered */
+    rc = chanlite_count_expired_head(c, ch, s); /* expired: never delivered */
+    if (rc == SQLITE_OK) rc = chanlite_pop_done(c, s);
+    else sqlite3_reset(s);
     if (rc != SQLITE_OK) return rc;
   }
 }
@@ -198,10 +200,12 @@ static void fn_send(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
     rc = chanlite_begin(c);
     if (rc == SQLITE_OK) rc = chanlite_purge_some(c, now);
     if (rc == SQLITE_OK) rc = chanlite_send_one(c, &ch, argv[1], now, &id, &full);
+    /* The refusal is counted, and committed, although the call fails. */
+    if (rc == SQLITE_OK && full) rc = chanlite_count_full(c, &ch, argv[1], now, 0);
+    rc = chanlite_end(c, rc);
     if (rc == SQLITE_OK && full) {
       rc = chanlite_fail(c, SQLITE_CONSTRAINT, "channel full: %.*s", ch.n_full, ch.full);
     }
-    rc = chanlite_end(c, rc);
   }
   if (rc == SQLITE_OK) sqlite3_result_int64(ctx, id);
   else chanlite_report(c, ctx);

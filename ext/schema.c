@@ -48,17 +48,27 @@ static void definitions_free(Definitions *defs) {
   memset(defs, 0, sizeof *defs);
 }
 
-/* The statement as SQLite parses it: comments dropped, each run of spaces
-** one space; quoted text kept as it is. Never NULL unless out of memory. */
+/* Whether a space next to c can matter to the parser: between two words
+** it separates them; next to punctuation it never does. */
+static int word_char(char c) {
+  return isalnum((unsigned char)c) || c == '_' || c == '$' || c == '\'' ||
+         c == '"' || c == '`' || c == '[' || c == ']' || (unsigned char)c >= 0x80;
+}
+
+/* The statement as SQLite parses it: comments dropped, spaces kept only
+** where they separate two words, so that `depth INTEGER\n, sent` (the text
+** ALTER TABLE ADD COLUMN leaves) equals `depth INTEGER, sent`; quoted text
+** kept as it is. Never NULL unless out of memory. */
 static char *normalized(const char *sql) {
   sqlite3_str *s = sqlite3_str_new(0);
   const char *p;
-  char quote = 0;
+  char quote = 0, last = 0;
   int space = 0;
   for (p = sql ? sql : ""; *p; p++) {
     if (quote) {
       sqlite3_str_appendchar(s, 1, *p);
       if (*p == quote) quote = 0;
+      last = *p;
       continue;
     }
     if (p[0] == '-' && p[1] == '-') {
@@ -77,8 +87,9 @@ static char *normalized(const char *sql) {
       space = 1;
       continue;
     }
-    if (space && sqlite3_str_length(s) > 0) sqlite3_str_appendchar(s, 1, ' ');
+    if (space && word_char(last) && word_char(*p)) sqlite3_str_appendchar(s, 1, ' ');
     space = 0;
+    last = *p;
     if (*p == '\'' || *p == '"' || *p == '`') quote = *p;
     else if (*p == '[') quote = ']';
     sqlite3_str_appendchar(s, 1, *p);

@@ -40,14 +40,32 @@ static void undo(Chanlite *c) {
   c->err = msg;
 }
 
-/* Create the tables on first use; refuse tables chanlite did not make. */
+/* Create the tables on first use, or bring those of an older chanlite up
+** to date; then refuse tables chanlite did not make. */
 static int ensure_schema(Chanlite *c) {
   int rc = run(c, CHANLITE_STMT_SCHEMA_CHECK);
   if (rc != SQLITE_OK) {
     if (!chanlite_schema_missing(c)) return rc;
     rc = sqlite3_exec(c->db, chanlite_schema_sql, 0, 0, 0);
     if (rc != SQLITE_OK) return chanlite_fail_sqlite(c, rc);
-    /* IF NOT EXISTS skips a name already taken, by a view for instance. */
+    /* IF NOT EXISTS skips a name already taken, by a view for instance:
+    ** the verification below finds it. */
+    rc = chanlite_upgrade_schema(c);
+    if (rc != SQLITE_OK) {
+      /* An upgrade fails on tables that are not chanlite's (a view, say):
+      ** the verification then says so better than the failed ALTER. */
+      int code = c->err_code;
+      char *msg = c->err;
+      c->err = 0;
+      c->err_code = SQLITE_OK;
+      if (chanlite_schema_verify(c) != SQLITE_OK) {
+        sqlite3_free(msg);
+        return c->err_code;
+      }
+      c->err = msg;
+      c->err_code = code;
+      return rc;
+    }
   }
   return chanlite_schema_verify(c);
 }
@@ -80,5 +98,12 @@ int chanlite_schema_missing(Chanlite *c) {
     chanlite_clear_error(c);
     return 1;
   }
+  return 0;
+}
+
+/* Whether this database has chanlite tables at all, of any version. */
+int chanlite_has_tables(Chanlite *c) {
+  if (run(c, CHANLITE_STMT_MESSAGES_TABLE) == SQLITE_OK) return 1;
+  chanlite_clear_error(c);
   return 0;
 }

@@ -17,8 +17,10 @@
 **
 **   SELECT * FROM chanlite_channels;  -- channel, depth, oldest_age
 **   SELECT * FROM chanlite_groups;    -- group_name, channel, expires_in
+**   SELECT * FROM chanlite_stats;     -- counters per queue, then the totals
 **
-** list channels with unexpired messages, and live memberships.
+** list channels with unexpired messages, live memberships, and the traffic
+** counters (ext/stats.c).
 */
 #include <string.h>
 #include "chanlite.h"
@@ -161,6 +163,7 @@ static void batch_put_back(BatchCursor *cur) {
     sqlite3_bind_double(s, 5, p->expires_at);
     sqlite3_bind_value(s, 6, p->body);
     rc = chanlite_step_done(w, s);
+    if (rc == SQLITE_OK) rc = chanlite_uncount_put_back(w, p->channel, cur->n_queue);
   }
   w->sent = rc == SQLITE_OK; /* ring: they are back */
   rc = chanlite_end(w, rc);
@@ -411,6 +414,7 @@ static const sqlite3_module batch_module = {
 typedef struct QueryModule {
   Chanlite *c;
   int stmt_id;          /* from sql/introspection.sql; ?1 is now */
+  int empty_id;         /* its rows before there are tables; -1: none */
   const char *columns;  /* the table declaration */
 } QueryModule;
 
@@ -490,8 +494,25 @@ static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   cur->rowid = 0;
   rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->stmt_id], -1, &cur->stmt, 0);
   if (rc != SQLITE_OK) {
+    int outdated;
     chanlite_fail_sqlite(c, rc);
-    if (chanlite_schema_missing(c)) return SQLITE_OK; /* no tables: no rows */
+    outdated = c->err && strstr(c->err, "no such column");
+    if (chanlite_schema_missing(c)) {
+      if (q->empty_id < 0) return SQLITE_OK; /* no tables: no rows */
+      outdated = chanlite_has_tables(c); /* a table newer than the rest is missing */
+      if (!outdated) {
+        rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->empty_id], -1, &cur->stmt, 0);
+        if (rc == SQLITE_OK) return query_next(base);
+        chanlite_fail_sqlite(c, rc);
+      }
+    }
+    if (outdated) {
+      /* Reading writes nothing, so it cannot upgrade the tables itself. */
+      chanlite_clear_error(c);
+      chanlite_fail(c, SQLITE_ERROR, "%s: this database's chanlite tables were made by an "
+                    "older chanlite; any write upgrades them (SELECT channel_trim())",
+                    c->fn);
+    }
     return vtab_error(c, base->pVtab);
   }
   sqlite3_bind_double(cur->stmt, 1, chanlite_time(c));
@@ -527,11 +548,12 @@ static const sqlite3_module query_module = {
 };
 
 static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_id,
-                          const char *columns) {
+                          int empty_id, const char *columns) {
   QueryModule *q = sqlite3_malloc(sizeof *q);
   if (!q) return SQLITE_NOMEM;
   q->c = c;
   q->stmt_id = stmt_id;
+  q->empty_id = empty_id;
   q->columns = columns;
   return sqlite3_create_module_v2(db, name, &query_module, q, sqlite3_free);
 }
@@ -539,12 +561,19 @@ static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_i
 int chanlite_register_vtabs(sqlite3 *db, Chanlite *c) {
   int rc = sqlite3_create_module_v2(db, "channel_recv_batch", &batch_module, c, 0);
   if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_channels", CHANLITE_STMT_LIST_CHANNELS,
+    rc = register_query(db, c, "chanlite_channels", CHANLITE_STMT_LIST_CHANNELS, -1,
                         "CREATE TABLE x(channel TEXT, depth INTEGER, oldest_age REAL)");
   }
   if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_groups", CHANLITE_STMT_LIST_GROUPS,
+    rc = register_query(db, c, "chanlite_groups", CHANLITE_STMT_LIST_GROUPS, -1,
                         "CREATE TABLE x(group_name TEXT, channel TEXT, expires_in REAL)");
+  }
+  if (rc == SQLITE_OK) {
+    rc = register_query(db, c, "chanlite_stats", CHANLITE_STMT_LIST_STATS,
+                        CHANLITE_STMT_LIST_STATS_EMPTY,
+                        "CREATE TABLE x(channel TEXT, sent INTEGER, received INTEGER, "
+                        "expired INTEGER, full_send INTEGER, full_group_send INTEGER, "
+                        "depth INTEGER, oldest_age REAL)");
   }
   return rc;
 }

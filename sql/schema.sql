@@ -29,28 +29,53 @@ CREATE INDEX IF NOT EXISTS main.chanlite_message_local
 CREATE INDEX IF NOT EXISTS main.chanlite_message_expiry
   ON chanlite_message(expires_at);
 
--- Rows per queue, kept by the triggers below, so a send checks capacity by
--- reading one row instead of counting the queue under the write lock.
--- It counts expired rows too until they are removed; a send that finds the
--- queue at capacity removes expired rows first, so capacity stays exact.
+-- One row per queue, kept by the triggers below: how many rows it stores, so
+-- a send checks capacity by reading one row instead of counting the queue
+-- under the write lock, and how many were ever stored (`sent`, a counter of
+-- chanlite_stats). `depth` counts expired rows too until they are removed; a
+-- send that finds the queue at capacity removes expired rows first, so
+-- capacity stays exact. The row outlives its messages, for its counter, until
+-- the queue has been idle for `stats_retention` seconds (ext/stats.c). Every
+-- send writes this row: it holds nothing else, since each column makes that
+-- write dearer; the other counters live in chanlite_counter.
 CREATE TABLE IF NOT EXISTS main.chanlite_queue(
   queue TEXT PRIMARY KEY,
-  depth INTEGER NOT NULL
+  depth INTEGER NOT NULL,
+  sent  INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
+-- An UPDATE, then an INSERT only if it found no row: cheaper than an upsert
+-- on the common path, where the row exists. Inside a trigger, changes() is
+-- the count of the trigger's own latest statement.
 CREATE TRIGGER IF NOT EXISTS main.chanlite_message_added
 AFTER INSERT ON chanlite_message BEGIN
-  INSERT INTO chanlite_queue(queue, depth) VALUES (new.queue, 1)
-    ON CONFLICT(queue) DO UPDATE SET depth = depth + 1;
+  UPDATE chanlite_queue SET depth = depth + 1, sent = sent + 1
+    WHERE queue = new.queue;
+  INSERT INTO chanlite_queue(queue, depth, sent)
+    SELECT new.queue, 1, 1 WHERE changes() = 0;
 END;
 
--- Rows are removed at zero so that random channel names (one per consumer)
--- do not leave a row behind each.
 CREATE TRIGGER IF NOT EXISTS main.chanlite_message_removed
 AFTER DELETE ON chanlite_message BEGIN
   UPDATE chanlite_queue SET depth = depth - 1 WHERE queue = old.queue;
-  DELETE FROM chanlite_queue WHERE queue = old.queue AND depth <= 0;
 END;
+
+-- The counters no trigger can keep, per queue, written by the C code on the
+-- paths where they happen (ext/stats.c): messages that expired unread, and
+-- sends refused because the queue was full. Received is never stored: a
+-- message that left its queue without expiring was received, so it is
+-- sent - depth - expired. `seen_sent` and `seen_at` say when the queue was
+-- last seen active (its `sent` changed, or a send was refused), for folding
+-- the counters of idle queues into the totals: the '' rows of both tables
+-- (no channel name is empty) hold what was folded.
+CREATE TABLE IF NOT EXISTS main.chanlite_counter(
+  queue           TEXT PRIMARY KEY,
+  expired         INTEGER NOT NULL DEFAULT 0,
+  full_send       INTEGER NOT NULL DEFAULT 0,
+  full_group_send INTEGER NOT NULL DEFAULT 0,
+  seen_sent       INTEGER NOT NULL DEFAULT -1,
+  seen_at         REAL NOT NULL DEFAULT 0
+) WITHOUT ROWID;
 
 -- Group memberships; `expires_at` is refreshed by every group_add.
 CREATE TABLE IF NOT EXISTS main.chanlite_group(
@@ -64,7 +89,8 @@ CREATE INDEX IF NOT EXISTS main.chanlite_group_expiry
   ON chanlite_group(expires_at);
 
 -- Settings shared by every connection and process: expiry, group_expiry,
--- capacity. A missing key means its default (kept in ext/config.c).
+-- capacity, dead_letters, dead_letter_retention, stats_retention. A missing
+-- key means its default (kept in ext/config.c).
 CREATE TABLE IF NOT EXISTS main.chanlite_config(
   key   TEXT PRIMARY KEY,
   value NOT NULL
@@ -77,3 +103,19 @@ CREATE TABLE IF NOT EXISTS main.chanlite_capacity(
   pattern  TEXT NOT NULL UNIQUE,
   capacity INTEGER NOT NULL
 );
+
+-- Dead letters: messages that expired unread or that a full channel refused
+-- (reason 'expired' or 'full'), kept only while the `dead_letters` setting
+-- (the most rows kept) is above 0. `channel` is the full channel name;
+-- `dead_at` is when the message expired, or when it was refused.
+CREATE TABLE IF NOT EXISTS main.chanlite_dead(
+  id      INTEGER PRIMARY KEY,
+  channel TEXT NOT NULL,
+  reason  TEXT NOT NULL,
+  sent_at REAL NOT NULL,
+  dead_at REAL NOT NULL,
+  body    BLOB NOT NULL
+);
+
+-- Drop dead letters past `dead_letter_retention` without a scan.
+CREATE INDEX IF NOT EXISTS main.chanlite_dead_time ON chanlite_dead(dead_at);

@@ -25,8 +25,14 @@ ROLLBACK TO chanlite
 
 -- Do the chanlite tables exist? Fails to prepare ("no such table") if not.
 -- Run inside the transaction, it also checks the schema cookie, so tables
--- another connection created or dropped are seen.
+-- another connection created or dropped are seen. chanlite_dead is the
+-- newest table: a database made by an older chanlite lacks it, and is
+-- upgraded (ext/stats.c).
 -- name: schema_check
+SELECT 1 FROM main.chanlite_message, main.chanlite_dead WHERE 0
+
+-- Are there chanlite tables of any version? (Reads cannot upgrade.)
+-- name: messages_table
 SELECT 1 FROM main.chanlite_message WHERE 0
 
 -- Every table, view and trigger, for comparing chanlite's with what its

@@ -17,7 +17,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExtensionUnavailable", "connect", "load", "path", "register_auto_extension"]
+__all__ = [
+    "ExtensionUnavailable",
+    "HealthReport",
+    "Status",
+    "Thresholds",
+    "connect",
+    "health",
+    "load",
+    "path",
+    "register_auto_extension",
+]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
 
@@ -260,3 +270,7 @@ def connect(database: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connecti
         conn.close()
         raise
     return conn
+
+
+# Last: the health check uses what this module defines above.
+from chanlite.healthcheck import HealthReport, Status, Thresholds, health  # noqa: E402

@@ -42,6 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sqlite3.h>
+#include "check.h"
 
 #define SENDERS 4
 #define RECEIVERS 4
@@ -54,7 +55,6 @@ static int total;
 static int per_sender[SENDERS];
 static pid_t pids[SENDERS + RECEIVERS];
 static int n_pids;
-static int passed, failed;
 
 /* ---- in every process ---- */
 
@@ -263,18 +263,6 @@ static int receiver(int rid, int done_fd) {
 }
 
 /* ---- the parent ---- */
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-  va_list ap;
-  printf("%s: ", ok ? "ok" : "FAIL");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-  if (ok) passed++;
-  else failed++;
-}
 
 static void watchdog(int sig) {
   static const char msg[] = "multiprocess: watchdog: timed out, killing every process\n";

@@ -13,6 +13,7 @@ ALLOWED_HOSTS = ["*"]
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.staticfiles",
+    "chanlite.django",  # the chanlite system check and manage.py chanlite
     "chat",
 ]
 
