@@ -7,7 +7,9 @@
 ** No separate job is needed: receives remove the expired messages at the
 ** head of their queue, every send removes a few expired messages anywhere,
 ** and a send to a full queue removes them all before it counts again.
-** channel_trim() is for giving space back at a time of your choosing.
+** channel_trim() is for giving space back at a time of your choosing: it
+** and channel_flush() also give every free page back to the file system
+** (on a database with auto-vacuum, see disk.c).
 */
 #include "chanlite.h"
 
@@ -26,6 +28,7 @@ int chanlite_purge_some(Chanlite *c, double now) {
   if (rc != SQLITE_OK || !found) return rc;
   s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
   if (!s) return c->err_code;
+  c->removed = 1;
   sqlite3_bind_double(s, 1, now);
   sqlite3_bind_int(s, 2, PURGE_PER_SEND);
   return chanlite_step_done(c, s);
@@ -43,6 +46,7 @@ static int delete_rows(Chanlite *c, int id, double now, sqlite3_int64 *removed) 
 }
 
 int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed) {
+  c->removed = 1;
   return delete_rows(c, CHANLITE_STMT_PURGE_EXPIRED_MESSAGES, now, removed);
 }
 
@@ -52,6 +56,7 @@ static void run_deletes(Chanlite *c, sqlite3_context *ctx, int messages_id, int 
   int rc = chanlite_begin(c);
   if (rc == SQLITE_OK) rc = delete_rows(c, messages_id, now, &removed);
   if (rc == SQLITE_OK) rc = delete_rows(c, groups_id, now, &removed);
+  if (rc == SQLITE_OK) rc = chanlite_disk_reclaim_all(c);
   rc = chanlite_end(c, rc);
   if (rc == SQLITE_OK) sqlite3_result_int64(ctx, removed);
   else chanlite_report(c, ctx);
