@@ -17,9 +17,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExtensionUnavailable", "connect", "load", "path", "register_auto_extension"]
+__all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "ExtensionUnavailable",
+    "connect",
+    "load",
+    "path",
+    "register_auto_extension",
+]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
+
+#: ``PRAGMA journal_size_limit`` for the connections this package configures:
+#: after a burst, the WAL is cut back to this once a checkpoint has reset it
+#: (without a limit it keeps its largest size for good). Just above what
+#: SQLite's default auto-checkpoint lets the WAL reach (1,000 pages of 4 KB),
+#: so steady traffic never truncates it; the extension's own connections use
+#: the same (CHANLITE_JOURNAL_SIZE_LIMIT in ext/chanlite.h).
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 _HOWTO = (
     "use a Python whose sqlite3 module can load extensions "
