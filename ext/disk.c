@@ -11,10 +11,10 @@
 **   on there means rewriting the whole file (PRAGMA auto_vacuum =
 **   INCREMENTAL; VACUUM;), which is the operator's call, not a send's.
 ** - A call that removed messages looks at the free-page count before it
-**   commits and, past FREE_BYTES_KEPT, gives back a bounded number of pages
-**   in the same transaction: at least RECLAIM_MIN_PAGES, and twice the pages
-**   its own messages filled, so that a drain gives the pages back as fast as
-**   it frees them and no call pays for more than its own work.
+**   commits and gives back, in the same transaction, what is over
+**   FREE_BYTES_KEPT, but no more than RECLAIM_MIN_PAGES or twice the pages
+**   its own messages filled, whichever is more: a drain gives the pages back
+**   as fast as it frees them, and no call pays for more than its own work.
 ** - channel_trim() and channel_flush() give back every free page.
 **
 **   PRAGMA auto_vacuum;            -- 2 (incremental) on a database chanlite made
@@ -29,8 +29,9 @@
 ** shrinks the file nor grows it back all the time. */
 #define FREE_BYTES_KEPT (1024 * 1024)
 
-/* The least a reclaiming call gives back: enough that a call that freed
-** little still wins back a backlog over time; few enough to stay cheap. */
+/* What a reclaiming call may give back even if it freed little itself:
+** enough to win back, over time, free space that others left (a dropped
+** table, a drain of large messages); few enough to stay cheap. */
 #define RECLAIM_MIN_PAGES 16
 
 /* A PRAGMA's single integer value. */
