@@ -51,7 +51,7 @@ echo "== valgrind ($valgrind_dir)"
 # test reports.
 if { [ -f "$valgrind_dir/build.ninja" ] || meson setup "$valgrind_dir"; } &&
    meson compile -C "$valgrind_dir" &&
-   CHANLITE_MP_MESSAGES=5000 meson test -C "$valgrind_dir" --print-errorlogs --timeout-multiplier 4 \
+   CHANLITE_MP_MESSAGES=5000 CHANLITE_DISK_MESSAGES=5000 meson test -C "$valgrind_dir" --print-errorlogs --timeout-multiplier 4 \
      --wrapper 'valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite'; then
   echo "   valgrind: passed"
 else
