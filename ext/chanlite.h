@@ -18,6 +18,12 @@ SQLITE_EXTENSION_INIT3
 #define CHANLITE_MIN_SQLITE 3031000
 #define CHANLITE_MIN_SQLITE_TEXT "3.31.0"
 
+/* The WAL size that a connection chanlite opens itself truncates the WAL to
+** after a checkpoint reset it, when the caller's connection sets none: just
+** above what SQLite's default auto-checkpoint (1,000 pages of 4 KB) lets the
+** WAL reach, so steady traffic does not truncate and regrow it. */
+#define CHANLITE_JOURNAL_SIZE_LIMIT (4 * 1024 * 1024)
+
 /* Names are shorter than 100 characters, as in Channels. */
 #define CHANLITE_MAX_NAME 99
 
@@ -47,6 +53,10 @@ struct Chanlite {
   int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
   int schema_reprepares; /* schema_check's re-preparations when verified */
   double next_upkeep;  /* when a send next folds idle counters (stats.c) */
+  int removed;         /* this call removed messages: reclaim pages (disk.c) */
+  sqlite3_int64 removed_bytes; /* their bodies' size, where known */
+  int page_size;       /* the database's, read once; 0 not yet (disk.c) */
+  int checkpoint_due;  /* a batch connection's checkpoint is unfinished (disk.c) */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -115,6 +125,14 @@ int chanlite_stats_upkeep(Chanlite *c, double now);
 int chanlite_stats_trim(Chanlite *c, double now);
 int chanlite_stats_flush(Chanlite *c);
 int chanlite_upgrade_schema(Chanlite *c);
+
+/* disk.c */
+int chanlite_disk_is_blank(Chanlite *c, int *blank);
+void chanlite_disk_make_incremental(Chanlite *c);
+int chanlite_disk_reclaim(Chanlite *c);
+int chanlite_disk_reclaim_all(Chanlite *c);
+void chanlite_disk_watch_side(Chanlite *side);
+void chanlite_disk_finish_checkpoint(Chanlite *side);
 
 /* wake.c */
 void chanlite_after_commit(Chanlite *c, int own_txn);

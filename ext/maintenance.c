@@ -7,8 +7,10 @@
 ** No separate job is needed: receives remove the expired messages at the
 ** head of their queue, every send removes a few expired messages anywhere,
 ** and a send to a full queue removes them all before it counts again.
-** channel_trim() is for giving space back at a time of your choosing; it
-** also folds idle channels' counters into the totals (ext/stats.c).
+** channel_trim() is for giving space back at a time of your choosing: it
+** and channel_flush() also give every free page back to the file system
+** (on a database with auto-vacuum, see disk.c); trim also folds idle
+** channels' counters into the totals (ext/stats.c).
 */
 #include "chanlite.h"
 
@@ -30,6 +32,7 @@ int chanlite_purge_some(Chanlite *c, double now) {
   if (rc != SQLITE_OK) return rc;
   s = chanlite_stmt(c, CHANLITE_STMT_PURGE_SOME_EXPIRED);
   if (!s) return c->err_code;
+  c->removed = 1;
   sqlite3_bind_double(s, 1, now);
   sqlite3_bind_int(s, 2, PURGE_PER_SEND);
   return chanlite_step_done(c, s);
@@ -50,6 +53,7 @@ static int delete_rows(Chanlite *c, int id, double now, sqlite3_int64 *removed) 
 int chanlite_purge_expired(Chanlite *c, double now, sqlite3_int64 *removed) {
   int rc = chanlite_count_expired(c, now, -1);
   if (rc != SQLITE_OK) return rc;
+  c->removed = 1;
   return delete_rows(c, CHANLITE_STMT_PURGE_EXPIRED_MESSAGES, now, removed);
 }
 
@@ -68,6 +72,7 @@ static void trim_or_flush(Chanlite *c, sqlite3_context *ctx, int flush) {
     if (rc == SQLITE_OK) rc = delete_rows(c, CHANLITE_STMT_PURGE_EXPIRED_GROUPS, now, &removed);
     if (rc == SQLITE_OK) rc = chanlite_stats_trim(c, now);
   }
+  if (rc == SQLITE_OK) rc = chanlite_disk_reclaim_all(c);
   rc = chanlite_end(c, rc);
   if (rc == SQLITE_OK) sqlite3_result_int64(ctx, removed);
   else chanlite_report(c, ctx);

@@ -181,6 +181,8 @@ int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **
 int chanlite_pop_done(Chanlite *c, sqlite3_stmt *row) {
   sqlite3_int64 id = sqlite3_column_int64(row, 0);
   sqlite3_stmt *del;
+  c->removed = 1;
+  c->removed_bytes += sqlite3_column_bytes(row, 3);
   sqlite3_reset(row);
   del = chanlite_stmt(c, CHANLITE_STMT_DELETE_MESSAGE);
   if (!del) return c->err_code;

@@ -40,47 +40,78 @@ static void undo(Chanlite *c) {
   c->err = msg;
 }
 
+/* An upgrade fails on tables that are not chanlite's (a view, say): the
+** verification then says so better than the failed ALTER does. */
+static int upgrade_schema(Chanlite *c) {
+  int rc = chanlite_upgrade_schema(c), code;
+  char *msg;
+  if (rc == SQLITE_OK) return rc;
+  code = c->err_code;
+  msg = c->err;
+  c->err = 0;
+  c->err_code = SQLITE_OK;
+  if (chanlite_schema_verify(c) != SQLITE_OK) {
+    sqlite3_free(msg);
+    return c->err_code;
+  }
+  c->err = msg;
+  c->err_code = code;
+  return rc;
+}
+
 /* Create the tables on first use, or bring those of an older chanlite up
-** to date; then refuse tables chanlite did not make. */
-static int ensure_schema(Chanlite *c) {
+** to date; then refuse tables chanlite did not make. When `blank` is given
+** and this call runs its own transaction, a database with no tables at all
+** is reported in it instead, untouched, so that it can be made incremental
+** first (disk.c). */
+static int ensure_schema(Chanlite *c, int *blank) {
   int rc = run(c, CHANLITE_STMT_SCHEMA_CHECK);
   if (rc != SQLITE_OK) {
     if (!chanlite_schema_missing(c)) return rc;
+    if (blank && c->own_txn) {
+      rc = chanlite_disk_is_blank(c, blank);
+      if (rc != SQLITE_OK || *blank) return rc;
+    }
     rc = sqlite3_exec(c->db, chanlite_schema_sql, 0, 0, 0);
     if (rc != SQLITE_OK) return chanlite_fail_sqlite(c, rc);
     /* IF NOT EXISTS skips a name already taken, by a view for instance:
     ** the verification below finds it. */
-    rc = chanlite_upgrade_schema(c);
-    if (rc != SQLITE_OK) {
-      /* An upgrade fails on tables that are not chanlite's (a view, say):
-      ** the verification then says so better than the failed ALTER. */
-      int code = c->err_code;
-      char *msg = c->err;
-      c->err = 0;
-      c->err_code = SQLITE_OK;
-      if (chanlite_schema_verify(c) != SQLITE_OK) {
-        sqlite3_free(msg);
-        return c->err_code;
-      }
-      c->err = msg;
-      c->err_code = code;
-      return rc;
-    }
+    rc = upgrade_schema(c);
+    if (rc != SQLITE_OK) return rc;
   }
   return chanlite_schema_verify(c);
 }
 
-int chanlite_begin(Chanlite *c) {
+static int begin_once(Chanlite *c, int *blank) {
   int rc;
   c->own_txn = sqlite3_get_autocommit(c->db);
   rc = run(c, c->own_txn ? CHANLITE_STMT_BEGIN_WRITE : CHANLITE_STMT_SAVEPOINT);
   if (rc != SQLITE_OK) return rc;
-  rc = ensure_schema(c);
+  rc = ensure_schema(c, blank);
   if (rc != SQLITE_OK) undo(c);
   return rc;
 }
 
+int chanlite_begin(Chanlite *c) {
+  int blank = 0;
+  int rc = begin_once(c, &blank);
+  if (rc == SQLITE_OK && blank) {
+    /* Nothing is written yet: give the transaction up, turn on incremental
+    ** auto-vacuum (which needs no transaction open), and begin again. */
+    rc = run(c, CHANLITE_STMT_ROLLBACK);
+    if (rc == SQLITE_OK) {
+      chanlite_disk_make_incremental(c);
+      rc = begin_once(c, 0);
+    }
+  }
+  return rc;
+}
+
 int chanlite_end(Chanlite *c, int rc) {
+  /* Before the commit, while this call still holds the write lock. */
+  if (rc == SQLITE_OK && c->removed) rc = chanlite_disk_reclaim(c);
+  c->removed = 0;
+  c->removed_bytes = 0;
   if (rc == SQLITE_OK) {
     rc = run(c, c->own_txn ? CHANLITE_STMT_COMMIT : CHANLITE_STMT_RELEASE);
   }

@@ -273,7 +273,7 @@ static Chanlite *batch_connection(Chanlite *c) {
   sqlite3_vfs *vfs = 0;
   sqlite3 *db = 0;
   char *err = 0, *sql;
-  sqlite3_int64 timeout, level;
+  sqlite3_int64 timeout, level, limit;
   if (!sqlite3_get_autocommit(c->db)) return c;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
@@ -293,6 +293,14 @@ static Chanlite *batch_connection(Chanlite *c) {
     sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.synchronous=%lld", level) : 0;
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
+    /* Batches write much of the WAL, so this connection is often the one
+    ** that restarts it: let it truncate the file then (ext/disk.c). */
+    limit = pragma_value(c, CHANLITE_STMT_JOURNAL_SIZE_LIMIT, 0, 0);
+    sql = sqlite3_mprintf("PRAGMA main.journal_size_limit=%lld",
+                          limit >= 0 ? limit : (sqlite3_int64)CHANLITE_JOURNAL_SIZE_LIMIT);
+    if (sql) sqlite3_exec(db, sql, 0, 0, 0);
+    sqlite3_free(sql);
+    chanlite_disk_watch_side(c->side);
   }
   timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
   sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
@@ -336,6 +344,7 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   cur->worker = w;
   cur->n_queue = ch.n_queue;
   rc = chanlite_peek(w, &ch, &found);
+  if (rc == SQLITE_OK && !found && w != c) chanlite_disk_finish_checkpoint(w);
   if (rc == SQLITE_OK && found) {
     rc = chanlite_begin(w);
     while (rc == SQLITE_OK && cur->n < max && bytes < BATCH_BYTES) {

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "ExtensionUnavailable",
     "HealthReport",
+    "JOURNAL_SIZE_LIMIT",
     "Status",
     "Thresholds",
     "connect",
@@ -30,6 +31,14 @@ __all__ = [
 ]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
+
+#: ``PRAGMA journal_size_limit`` for the connections this package configures:
+#: after a burst, the WAL is cut back to this once a checkpoint has reset it
+#: (without a limit it keeps its largest size for good). Just above what
+#: SQLite's default auto-checkpoint lets the WAL reach (1,000 pages of 4 KB),
+#: so steady traffic never truncates it; the extension's own connections use
+#: the same (CHANLITE_JOURNAL_SIZE_LIMIT in ext/chanlite.h).
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 _HOWTO = (
     "use a Python whose sqlite3 module can load extensions "

@@ -660,6 +660,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             self._use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
             self._tls.conn = conn
             self._tls.clock_generation = -1
             with self._lock:

@@ -1,5 +1,6 @@
 """Django's sqlite3 backend, with chanlite loaded into every connection and
-the recommended settings (WAL, synchronous=NORMAL) for database files.
+the recommended settings (WAL, synchronous=NORMAL, journal_size_limit) for
+database files.
 
     DATABASES = {"default": {"ENGINE": "chanlite.django.backend", "NAME": BASE_DIR / "db.sqlite3",
                              "OPTIONS": {"transaction_mode": "IMMEDIATE"}}}
@@ -23,4 +24,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if not self.is_in_memory_db():
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Keep a limit the project set itself (OPTIONS init_command).
+            if conn.execute("PRAGMA journal_size_limit").fetchone()[0] < 0:
+                conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
         return conn
