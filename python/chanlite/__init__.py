@@ -3,7 +3,9 @@
 The extension itself is the bundled ``chanlite`` shared library; this package
 finds it (:func:`path`), loads it into :mod:`sqlite3` connections
 (:func:`load`, :func:`connect`), and provides the channel layer
-(:mod:`chanlite.layer`) and the Django integration (:mod:`chanlite.django`).
+(:mod:`chanlite.layer`), the Django integration (:mod:`chanlite.django`), and
+the extension's counters and dead letters (:func:`stats`,
+:func:`dead_letters`, from :mod:`chanlite.metrics`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ExtensionUnavailable", "connect", "load", "path", "register_auto_extension"]
+__all__ = [
+    "ChannelStats",
+    "DeadLetter",
+    "ExtensionUnavailable",
+    "connect",
+    "dead_letters",
+    "load",
+    "path",
+    "register_auto_extension",
+    "stats",
+]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
 
@@ -260,3 +272,6 @@ def connect(database: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connecti
         conn.close()
         raise
     return conn
+
+
+from chanlite.metrics import ChannelStats, DeadLetter, dead_letters, stats  # noqa: E402
