@@ -20,7 +20,8 @@
 ** Files: chanlite.c (this: loading), names.c (argument checks), message.c,
 ** group.c, maintenance.c (the operations), config.c (settings and clock),
 ** transaction.c (atomicity), statements.c (the statement cache), vtab.c
-** (table-valued functions), errors.c. The SQL they run is in sql/.
+** (table-valued functions), stats.c (counters and dead letters), errors.c.
+** The SQL they run is in sql/.
 */
 #include <string.h>
 #include "chanlite.h"
