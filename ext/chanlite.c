@@ -21,8 +21,8 @@
 ** group.c, maintenance.c (the operations), config.c (settings and clock),
 ** transaction.c (atomicity), schema.c (refusing chanlite tables that
 ** chanlite did not make), statements.c (the statement cache), vtab.c
-** (table-valued functions), disk.c (keeping the file small), errors.c. The
-** SQL they run is in sql/.
+** (table-valued functions), disk.c (keeping the file small), stats.c
+** (counters and dead letters), errors.c. The SQL they run is in sql/.
 */
 #include <string.h>
 #include "chanlite.h"

@@ -3,6 +3,7 @@
 **
 **   SELECT chanlite_config('expiry');           -- 60, or what was set
 **   SELECT chanlite_config('capacity', 500);     -- every connection sees 500
+**   SELECT chanlite_config('dead_letters', 1000); -- keys: see config_keys
 **   SELECT chanlite_capacity('http.response!*', 10);  -- per-channel, by GLOB
 **   SELECT chanlite_capacity('http.response!*', NULL); -- remove the pattern
 **   SELECT chanlite_clock(1700000000);           -- pin this connection's now

@@ -10,7 +10,8 @@
 ** its type. It expires `expiry` seconds after it is sent (the expiry in force
 ** then) and is never delivered after that. A channel (for `prefix!local`, the
 ** whole `prefix!`) holds at most its capacity of unexpired messages; a send
-** over it fails with "chanlite: channel full: NAME" and SQLITE_CONSTRAINT.
+** over it fails with "chanlite: channel full: NAME" and SQLITE_CONSTRAINT,
+** and is counted as refused (ext/stats.c).
 */
 #include "chanlite.h"
 

@@ -72,20 +72,21 @@ int chanlite_count_expired(Chanlite *c, double now, int limit) {
   return rc;
 }
 
-/* Keep one dead letter: `channel` is the queue, `local` what follows its
-** `!` (NULL for none). */
-static int keep_dead(Chanlite *c, const char *queue, int n_queue, sqlite3_value *local,
-                     const char *reason, sqlite3_value *sent_at, double sent_now,
+/* Keep one dead letter, then only the newest `kept`. Its channel is `name`
+** followed by `local` (what follows the `!`; NULL when `name` is the full
+** name); it was sent at `sent_at`, or when NULL at `now`. */
+static int keep_dead(Chanlite *c, const char *name, int n_name, sqlite3_value *local,
+                     const char *reason, sqlite3_value *sent_at, double now,
                      double dead_at, sqlite3_value *body, sqlite3_int64 kept) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_DEAD_ONE);
   int rc;
   if (!s) return c->err_code;
-  sqlite3_bind_text(s, 1, queue, n_queue, SQLITE_STATIC);
+  sqlite3_bind_text(s, 1, name, n_name, SQLITE_STATIC);
   if (local) sqlite3_bind_value(s, 2, local);
   else sqlite3_bind_null(s, 2);
   sqlite3_bind_text(s, 3, reason, -1, SQLITE_STATIC);
   if (sent_at) sqlite3_bind_value(s, 4, sent_at);
-  else sqlite3_bind_double(s, 4, sent_now);
+  else sqlite3_bind_double(s, 4, now);
   sqlite3_bind_double(s, 5, dead_at);
   sqlite3_bind_value(s, 6, body);
   rc = chanlite_step_done(c, s);

@@ -422,7 +422,8 @@ static const sqlite3_module batch_module = {
 
 typedef struct QueryModule {
   Chanlite *c;
-  int stmt_id;          /* from sql/introspection.sql; ?1 is now */
+  const char *name;     /* the table's, for error messages */
+  int stmt_id;          /* from sql/introspection.sql or stats.sql; ?1 is now */
   int empty_id;         /* its rows before there are tables; -1: none */
   const char *columns;  /* the table declaration */
 } QueryModule;
@@ -496,7 +497,7 @@ static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   Chanlite *c = q->c;
   int rc;
   (void)idxNum; (void)idxStr; (void)argc; (void)argv;
-  c->fn = chanlite_stmt_name[q->stmt_id];
+  c->fn = q->name;
   sqlite3_finalize(cur->stmt);
   cur->stmt = 0;
   cur->eof = 1;
@@ -561,6 +562,7 @@ static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_i
   QueryModule *q = sqlite3_malloc(sizeof *q);
   if (!q) return SQLITE_NOMEM;
   q->c = c;
+  q->name = name;
   q->stmt_id = stmt_id;
   q->empty_id = empty_id;
   q->columns = columns;

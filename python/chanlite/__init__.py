@@ -3,7 +3,9 @@
 The extension itself is the bundled ``chanlite`` shared library; this package
 finds it (:func:`path`), loads it into :mod:`sqlite3` connections
 (:func:`load`, :func:`connect`), and provides the channel layer
-(:mod:`chanlite.layer`) and the Django integration (:mod:`chanlite.django`).
+(:mod:`chanlite.layer`), the Django integration (:mod:`chanlite.django`), and
+the extension's counters and dead letters (:func:`stats`,
+:func:`dead_letters`, from :mod:`chanlite.metrics`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "JOURNAL_SIZE_LIMIT",
+    "ChannelStats",
+    "DeadLetter",
     "ExtensionUnavailable",
     "HealthReport",
-    "JOURNAL_SIZE_LIMIT",
     "Status",
     "Thresholds",
     "connect",
+    "dead_letters",
     "health",
     "load",
     "path",
     "register_auto_extension",
+    "stats",
 ]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
@@ -281,5 +287,6 @@ def connect(database: str | os.PathLike[str], **kwargs: Any) -> sqlite3.Connecti
     return conn
 
 
-# Last: the health check uses what this module defines above.
+# Last: these modules use what this one defines above.
 from chanlite.healthcheck import HealthReport, Status, Thresholds, health  # noqa: E402
+from chanlite.metrics import ChannelStats, DeadLetter, dead_letters, stats  # noqa: E402
