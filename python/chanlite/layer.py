@@ -51,6 +51,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -469,6 +470,8 @@ class _Queue:
             self.kick_waiter = (loop, kick)
             if bell is not None:
                 listening = self.layer._listen(bell, loop)
+            elif self.layer.wake_method == "memory":
+                listening = True  # every send of the database kicks us: see _MemoryDatabase
         try:
             if listening:
                 await kick
@@ -481,13 +484,72 @@ class _Queue:
             with self.layer._lock:
                 if self.kick_waiter is not None and self.kick_waiter[1] is kick:
                     self.kick_waiter = None
-                if listening:
-                    assert bell is not None
+                if listening and bell is not None:
                     bell.unlisten(loop)
 
     def idle(self) -> bool:
         """Nothing buffered, nobody waiting, no receiver (lock held)."""
         return not self.buffers and not self.waiters and self.task is None
+
+
+#: The in-memory database that ``path=":memory:"`` names.
+MEMORY_DEFAULT = "file:chanlite-memory?mode=memory&cache=shared"
+
+
+def _memory_uri(path: str) -> str | None:
+    """The shared-cache URI of an in-memory ``path``, or None for a file."""
+    if path == ":memory:":
+        return MEMORY_DEFAULT
+    if path.startswith("file:") and "mode=memory" in path:
+        if "cache=shared" in path:
+            return path
+        return f"{path}{'&' if '?' in path else '?'}cache=shared"
+    return None
+
+
+class _MemoryDatabase:
+    """An in-memory database shared by every layer of the process that names
+    it (test mode): one connection, used by one thread, open for the life of
+    the process, so the database outlives any layer's close() and needs no
+    file and no cleanup. With one connection nobody ever waits for a lock.
+
+    There is no bell: every send is made by a layer of this process, so a
+    send wakes the receivers of every layer on the database directly.
+    """
+
+    _all: ClassVar[dict[str, _MemoryDatabase]] = {}
+    _all_lock: ClassVar[threading.Lock] = threading.Lock()
+    _UNSET: ClassVar[object] = object()
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="chanlite-memory"
+        )
+        self.conn: sqlite3.Connection | None = None  # only touched by the executor's thread
+        self.clock: object = self._UNSET  # what chanlite_clock() is pinned to on conn
+        self.layers: weakref.WeakSet[SQLiteChannelLayer] = weakref.WeakSet()
+
+    @classmethod
+    def named(cls, uri: str) -> _MemoryDatabase:
+        with cls._all_lock:
+            found = cls._all.get(uri)
+            if found is None:
+                found = cls._all[uri] = cls(uri)
+            return found
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection (in the executor's thread)."""
+        if self.conn is None:
+            self.conn = chanlite.connect(
+                self.uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        return self.conn
+
+    def kick(self, queue_name: str | None) -> None:
+        """A message was sent: receivers of every layer here look again."""
+        for layer in list(self.layers):
+            layer._kick_queue(queue_name)
 
 
 class SQLiteChannelLayer(BaseChannelLayer):
@@ -503,7 +565,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
     ``wake``: ``"auto"`` (the default: receivers wait for the extension's bell
     with inotify where they can, else poll) or ``"polling"`` (always poll,
     with a backoff from 1 to 50 ms). Once a receiver has waited,
-    ``wake_method`` says which is in use: ``"inotify"`` or ``"polling"``.
+    ``wake_method`` says which is in use: ``"inotify"``, ``"polling"`` or
+    ``"memory"``.
+
+    Test mode: ``path=":memory:"`` (or a ``file:NAME?mode=memory`` URI) is an
+    in-memory database shared by every layer of the process that names it,
+    alive until the process exits (see :class:`_MemoryDatabase`).
 
     Settings are stored in the database (chanlite_config), so every process
     using the file should configure the same values: the last one to start
@@ -532,9 +599,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 "chanlite: CONFIG needs exactly one of 'path' (a database file for the "
                 "layer) or 'database' (a Django database alias)"
             )
-        if path is not None and (str(path) in ("", ":memory:") or "mode=memory" in str(path)):
-            raise ValueError("chanlite: 'path' must be a database file, not an in-memory one")
+        if path is not None and str(path) == "":
+            raise ValueError("chanlite: 'path' must be a database file or ':memory:', not ''")
         self.path = None if path is None else str(path)
+        memory_uri = None if self.path is None else _memory_uri(self.path)
+        #: Test mode: the process's in-memory database (path=":memory:").
+        self._memory = None if memory_uri is None else _MemoryDatabase.named(memory_uri)
         self.database = database
         self.group_expiry = group_expiry
         self.capacity_globs: list[tuple[str, int]] = [
@@ -566,6 +636,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._clock: float | None = None
         self._clock_generation = 0
         self._resolved_path: str | None = None
+        if self._memory is not None:
+            self._memory.layers.add(self)
 
     # ---- encoding ----
 
@@ -625,7 +697,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def database_path(self) -> str:
         """The database file (for ``database``, the Django alias's NAME)."""
         if self._resolved_path is None:
-            if self.path is not None:
+            if self._memory is not None:
+                self._resolved_path = self._memory.uri
+            elif self.path is not None:
                 self._resolved_path = self.path
             else:
                 from django.db import connections
@@ -649,6 +723,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened and configured on first use."""
+        if self._memory is not None:
+            return self._memory_connection(self._memory)
         conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
         if conn is None:
             conn = chanlite.connect(
@@ -668,6 +744,16 @@ class SQLiteChannelLayer(BaseChannelLayer):
         if self._tls.clock_generation != self._clock_generation:
             self._tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+        return conn
+
+    def _memory_connection(self, memory: _MemoryDatabase) -> sqlite3.Connection:
+        """The in-memory database's one connection, with this layer's settings
+        and clock (other layers on it may pin another clock)."""
+        conn = memory.connection()
+        self._configure(conn)
+        if memory.clock != self._clock:
+            conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+            memory.clock = self._clock
         return conn
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
@@ -701,13 +787,15 @@ class SQLiteChannelLayer(BaseChannelLayer):
             conn.execute("SELECT chanlite_capacity(?, ?)", (glob, n))
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        if self._memory is not None:
+            return loop.run_in_executor(self._memory.executor, functools.partial(fn, *args))
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.threads, thread_name_prefix="chanlite"
                 )
             executor = self._executor
-        loop = asyncio.get_running_loop()
         return loop.run_in_executor(executor, functools.partial(fn, *args))
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -767,7 +855,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return str(path), ""
 
     async def _arm(self) -> _Bell | None:
-        """The bell, watched, for a receiver about to look; None to poll."""
+        """The bell, watched, for a receiver about to look; None to poll (or,
+        in memory, to wait for a send of this process)."""
+        if self._memory is not None and self.wake != "polling":
+            with self._lock:
+                self._use("memory", "the database is in this process's memory")
+            return None
         if self._bell_path is None:  # once (concurrent first looks agree)
             path, why = await self._call(self._sync_bell_path)
             with self._lock:
@@ -866,7 +959,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self.require_valid_channel_name(channel)
         data = self.serialize(message)
         await self._call(self._sql, "SELECT channel_send(?, ?)", channel, data)
-        self._kick_queue(self.non_local_name(channel))
+        self._sent(self.non_local_name(channel))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on a channel, waiting for one. Cancelling it at any
@@ -913,7 +1006,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         data = self.serialize(message)
         delivered: int = await self._call(self._sql, "SELECT group_send(?, ?)", group, data)
         if delivered:
-            self._kick_queue(None)
+            self._sent(None)
         return delivered
 
     async def flush(self) -> None:
@@ -959,6 +1052,14 @@ class SQLiteChannelLayer(BaseChannelLayer):
         bell, self._bell = self._bell, None
         if bell is not None:
             bell.retire()
+
+    def _sent(self, name: str | None) -> None:
+        """Wake this process's receivers of a queue (all, for None) after a
+        send: of this layer, or in memory, of every layer on the database."""
+        if self._memory is not None:
+            self._memory.kick(name)
+        else:
+            self._kick_queue(name)
 
     def _kick_queue(self, name: str | None) -> None:
         """Make this process's receivers of a queue (all, for None) look now."""

@@ -7,10 +7,22 @@ import asyncio
 import collections
 import random
 import time
+import uuid
+from pathlib import Path
+
+import pytest
 
 from chanlite.layer import SQLiteChannelLayer
 
 MESSAGES_PER_CHANNEL = 600
+
+
+@pytest.fixture(params=["file", "memory"])
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """On a database file, and in test mode (an in-memory database)."""
+    if request.param == "memory":
+        return f"file:chanlite-torture-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    return str(tmp_path / "layer.sqlite3")
 
 
 async def _cancel_at_random(
