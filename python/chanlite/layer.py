@@ -46,6 +46,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import sqlite3
@@ -62,7 +63,7 @@ from channels.layers import BaseChannelLayer
 import chanlite
 from chanlite import _inotify
 
-__all__ = ["ChannelFull", "SQLiteChannelLayer", "glob_for_pattern"]
+__all__ = ["ChannelFull", "DatabaseLocked", "SQLiteChannelLayer", "glob_for_pattern"]
 
 T = TypeVar("T")
 
@@ -167,6 +168,43 @@ def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: An
     """Run fn soon in loop, from any thread; a loop that is gone is ignored."""
     with contextlib.suppress(RuntimeError):  # loop closed
         loop.call_soon_threadsafe(fn, *args)
+
+
+class DatabaseLocked(sqlite3.OperationalError):
+    """A layer call found the database locked (another connection held the
+    write lock past the busy timeout) for longer than the layer's
+    lock_timeout. The call did nothing, so retrying it cannot duplicate."""
+
+
+#: Backoff between attempts on a locked database: doubling from LOCK_PAUSE_MIN
+#: to LOCK_PAUSE_MAX, each pause drawn from its upper half, so that processes
+#: that failed together do not all come back at the same instant.
+LOCK_PAUSE_MIN = 0.05
+LOCK_PAUSE_MAX = 1.0
+
+
+def _is_locked(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY (the write lock, past the busy timeout) or SQLITE_LOCKED
+    (a table of a shared-cache database), any extended code."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(error)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _lock_pause(attempt: int) -> float:
+    top = min(LOCK_PAUSE_MAX, LOCK_PAUSE_MIN * 2 ** (attempt - 1))
+    return random.uniform(top / 2, top)
+
+
+def _log_locked(what: str, attempt: int, pause: float, busy_timeout: float) -> None:
+    logger.warning(
+        "chanlite: %s: database locked past the busy timeout (%s s); retry %d in %.0f ms",
+        what,
+        busy_timeout,
+        attempt,
+        pause * 1000,
+    )
 
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
@@ -355,6 +393,7 @@ class _Queue:
         me = asyncio.current_task()
         lock = self.layer._lock
         idle = _Backoff()
+        locked = 0  # attempts in a row that found the database locked
         try:
             while True:
                 with lock:
@@ -367,6 +406,10 @@ class _Queue:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                        locked += 1
+                        await self._pause_locked(locked)
+                        continue
                     self._fail_waiters(exc)
                     return
                 with lock:
@@ -386,8 +429,17 @@ class _Queue:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                        locked += 1
+                        await self._pause_locked(locked)
+                        continue
                     self._fail_waiters(exc)
                     return
+                if locked:
+                    logger.info(
+                        "chanlite: receive from %r succeeded after %d retries", self.name, locked
+                    )
+                    locked = 0
                 if rows:
                     self._dispatch(rows)
                     idle.reset()
@@ -398,6 +450,14 @@ class _Queue:
                 if self.task is me:
                     self.task = None
                 self.layer._forget_if_idle(self)
+
+    async def _pause_locked(self, attempt: int) -> None:
+        """Wait before looking again at a database that was locked past the
+        busy timeout. Receivers retry for as long as somebody waits: a
+        receive() is a wait already, and cancelling it stops this."""
+        pause = _lock_pause(attempt)
+        _log_locked(f"receive from {self.name!r}", attempt, pause, self.layer.busy_timeout)
+        await asyncio.sleep(pause)
 
     async def _fetch(self, want: int) -> list[_Row]:
         """Pop up to want messages in a thread. The pop cannot be undone, so a
@@ -562,6 +622,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
     ``group_expiry`` (86400), ``capacity`` (100), ``channel_capacity`` (glob
     or simple regex -> capacity) and ``symmetric_encryption_keys``.
     ``busy_timeout`` (seconds, 5) and ``threads`` (4) tune the connections.
+    ``lock_timeout`` (seconds, 30): how long a send, group call or flush
+    keeps retrying, with a jittered backoff, a database that another
+    connection keeps locked past the busy timeout, before it raises
+    :class:`DatabaseLocked` (having done nothing). Receivers retry for as long
+    as a receive() waits. Each retry is logged (WARNING, logger ``chanlite``).
     ``wake``: ``"auto"`` (the default: receivers wait for the extension's bell
     with inotify where they can, else poll) or ``"polling"`` (always poll,
     with a backoff from 1 to 50 ms). Once a receiver has waited,
@@ -591,6 +656,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         busy_timeout: float = 5.0,
         threads: int = 4,
         wake: str = "auto",
+        lock_timeout: float = 30.0,
     ) -> None:
         super().__init__(capacity=capacity)
         self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
@@ -616,6 +682,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
         ]
         self.channel_capacity = dict(self.capacity_patterns)
         self.busy_timeout = busy_timeout
+        if not lock_timeout >= 0:
+            raise ValueError(f"chanlite: 'lock_timeout' must be >= 0 seconds, not {lock_timeout!r}")
+        self.lock_timeout = lock_timeout
         self.threads = threads
         if wake not in ("auto", "polling"):
             raise ValueError(f"chanlite: 'wake' must be 'auto' or 'polling', not {wake!r}")
@@ -733,14 +802,18 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            self._use_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                self._use_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                conn.close()
+                raise
             self._tls.conn = conn
             self._tls.clock_generation = -1
             with self._lock:
                 self._connections.append(conn)
-            self._configure(conn)
+        self._configure(conn)  # again after a failure (a locked database)
         if self._tls.clock_generation != self._clock_generation:
             self._tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
@@ -773,10 +846,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Store this layer's settings in the database, once."""
-        with self._lock:
-            if self._configured:
-                return
-            self._configured = True
+        if self._configured:
+            return
         for key, value in (
             ("expiry", self.expiry),
             ("group_expiry", self.group_expiry),
@@ -785,6 +856,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
             conn.execute("SELECT chanlite_config(?, ?)", (key, value))
         for glob, n in self.capacity_globs:
             conn.execute("SELECT chanlite_capacity(?, ?)", (glob, n))
+        self._configured = True  # only now: a locked database leaves it to the next call
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -798,8 +870,41 @@ class SQLiteChannelLayer(BaseChannelLayer):
             executor = self._executor
         return loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._submit(fn, *args)
+    async def _call(self, fn: Callable[..., T], *args: Any, what: str = "") -> T:
+        """fn(*args) in the pool. A database locked past the busy timeout is
+        retried with a jittered backoff for up to lock_timeout seconds in
+        all, then DatabaseLocked. A locked call changed nothing (chanlite
+        undoes a failed call), so a retry cannot send twice."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                result = await self._submit(fn, *args)
+            except sqlite3.OperationalError as e:
+                if not _is_locked(e):
+                    raise
+                attempt += 1
+                elapsed = time.monotonic() - started
+                pause = _lock_pause(attempt)
+                if elapsed + pause > self.lock_timeout:
+                    logger.error(
+                        "chanlite: %s gave up: database locked for %.1f s (%d attempts)",
+                        what or fn.__name__,
+                        elapsed,
+                        attempt,
+                    )
+                    raise DatabaseLocked(
+                        f"chanlite: database is locked: {what or fn.__name__} gave up after "
+                        f"{attempt} attempts in {elapsed:.1f} s (lock_timeout "
+                        f"{self.lock_timeout} s, busy_timeout {self.busy_timeout} s); "
+                        "nothing was done, so it may be retried"
+                    ) from e
+                _log_locked(what or fn.__name__, attempt, pause, self.busy_timeout)
+                await asyncio.sleep(pause)
+                continue
+            if attempt:
+                logger.info("chanlite: %s succeeded after %d retries", what or fn.__name__, attempt)
+            return result
 
     def _sql(self, sql: str, *params: Any) -> Any:
         """One chanlite call in this thread; its single value."""
@@ -862,7 +967,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 self._use("memory", "the database is in this process's memory")
             return None
         if self._bell_path is None:  # once (concurrent first looks agree)
-            path, why = await self._call(self._sync_bell_path)
+            path, why = await self._call(self._sync_bell_path, what="finding the bell")
             with self._lock:
                 if self._bell_path is None:
                     self._bell_path, self._bell_unavailable = path, why
@@ -958,7 +1063,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._check_message(message)
         self.require_valid_channel_name(channel)
         data = self.serialize(message)
-        await self._call(self._sql, "SELECT channel_send(?, ?)", channel, data)
+        await self._call(
+            self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
+        )
         self._sent(self.non_local_name(channel))
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -990,12 +1097,20 @@ class SQLiteChannelLayer(BaseChannelLayer):
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._call(self._sql, "SELECT group_add(?, ?)", group, channel)
+        await self._call(
+            self._sql, "SELECT group_add(?, ?)", group, channel, what=f"group_add to {group!r}"
+        )
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._call(self._sql, "SELECT group_discard(?, ?)", group, channel)
+        await self._call(
+            self._sql,
+            "SELECT group_discard(?, ?)",
+            group,
+            channel,
+            what=f"group_discard from {group!r}",
+        )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> int:  # type: ignore[override]
         """Send to every member; full members are skipped. Returns how many
@@ -1004,7 +1119,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._check_message(message)
         self.require_valid_group_name(group)
         data = self.serialize(message)
-        delivered: int = await self._call(self._sql, "SELECT group_send(?, ?)", group, data)
+        delivered: int = await self._call(
+            self._sql, "SELECT group_send(?, ?)", group, data, what=f"group_send to {group!r}"
+        )
         if delivered:
             self._sent(None)
         return delivered
@@ -1012,7 +1129,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
     async def flush(self) -> None:
         """Empty every channel and group (of the whole database), and this
         process's buffers."""
-        await self._call(self._sql, "SELECT channel_flush()")
+        await self._call(self._sql, "SELECT channel_flush()", what="flush")
         with self._lock:
             for queue in self._queues.values():
                 queue.buffers.clear()
