@@ -165,7 +165,13 @@ def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-    """Run fn soon in loop, from any thread; a loop that is gone is ignored."""
+    """Run fn in loop: now when that is the running loop (fn only resolves
+    or cancels a future, which runs nothing inline), else soon, from any
+    thread; a loop that is gone is ignored. Doing it now saves a wake-up of
+    the loop through its self-pipe on the way to every message."""
+    if asyncio._get_running_loop() is loop:
+        fn(*args)
+        return
     with contextlib.suppress(RuntimeError):  # loop closed
         loop.call_soon_threadsafe(fn, *args)
 
@@ -206,6 +212,25 @@ def _log_locked(what: str, attempt: int, pause: float, busy_timeout: float) -> N
         pause * 1000,
     )
 
+
+class _OnPool:
+    """The marker for "do it in the pool instead" (see _try_on_loop)."""
+
+
+_ON_POOL = _OnPool()
+
+
+class _LoopConnection:
+    """A connection used only by one event loop's thread, whose busy timeout
+    is 0; conn None where the database allows none (not in WAL mode)."""
+
+    def __init__(self, conn: sqlite3.Connection | None) -> None:
+        self.conn = conn
+        self.clock_generation = -1
+
+
+#: In SQLiteChannelLayer._loop_conns while a thread's loop connection opens.
+_OPENING = _LoopConnection(None)
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 #: A popped message: (channel, body, expires_at on the chanlite clock).
@@ -460,8 +485,13 @@ class _Queue:
         await asyncio.sleep(pause)
 
     async def _fetch(self, want: int) -> list[_Row]:
-        """Pop up to want messages in a thread. The pop cannot be undone, so a
-        cancellation waits for it and buffers what it popped before ending."""
+        """Pop up to want messages: on this thread if that cannot wait for a
+        lock (see SQLiteChannelLayer._try_on_loop), else in the pool. The pop
+        cannot be undone, so a cancellation waits for it and buffers what it
+        popped before ending."""
+        rows = self.layer._try_on_loop(self.layer._recv_batch_on, self.name, want)
+        if rows is not _ON_POOL:
+            return rows
         fut = self.layer._submit(self.layer._sync_recv_batch, self.name, want)
         try:
             return await asyncio.shield(fut)
@@ -627,6 +657,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
     connection keeps locked past the busy timeout, before it raises
     :class:`DatabaseLocked` (having done nothing). Receivers retry for as long
     as a receive() waits. Each retry is logged (WARNING, logger ``chanlite``).
+    ``loop_calls`` (True): sends and pops run on the event loop's own thread
+    when they can do so without waiting for a lock (see ``_try_on_loop``);
+    False sends every call through the pool.
     ``wake``: ``"auto"`` (the default: receivers wait for the extension's bell
     with inotify where they can, else poll) or ``"polling"`` (always poll,
     with a backoff from 1 to 50 ms). Once a receiver has waited,
@@ -657,6 +690,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         threads: int = 4,
         wake: str = "auto",
         lock_timeout: float = 30.0,
+        loop_calls: bool = True,
     ) -> None:
         super().__init__(capacity=capacity)
         self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
@@ -701,6 +735,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tls = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        #: Per thread (event loop) ident: its loop connection (see _try_on_loop).
+        self._loop_conns: dict[int, _LoopConnection] = {}
+        #: Calls made on the event loop's thread (False: every call in the pool).
+        self.loop_calls = loop_calls
+        #: Loop-thread calls that found the database locked and went to the pool.
+        self.loop_fallbacks = 0
         self._configured = False
         self._clock: float | None = None
         self._clock_generation = 0
@@ -908,8 +948,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _sql(self, sql: str, *params: Any) -> Any:
         """One chanlite call in this thread; its single value."""
+        return self._sql_on(self._connection(), sql, *params)
+
+    def _sql_on(self, conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
         try:
-            return self._connection().execute(sql, params).fetchone()[0]
+            return conn.execute(sql, params).fetchone()[0]
         except sqlite3.Error as e:
             raise self._translate(e, params) from e
 
@@ -923,17 +966,93 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return error
 
     def _sync_recv_batch(self, queue: str, want: int) -> list[_Row]:
+        return self._recv_batch_on(self._connection(), queue, want)
+
+    def _recv_batch_on(self, conn: sqlite3.Connection, queue: str, want: int) -> list[_Row]:
         try:
-            return (
-                self._connection()
-                .execute(
-                    "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
-                    (queue, want),
-                )
-                .fetchall()
-            )
+            return conn.execute(
+                "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
+                (queue, want),
+            ).fetchall()
         except sqlite3.Error as e:
             raise self._translate(e, (queue,)) from e
+
+    # ---- calls on the event loop's thread ----
+
+    def _try_on_loop(self, fn: Callable[..., T], *args: Any) -> T | _OnPool:
+        """fn(conn, *args) right here, on the event loop's thread, on this
+        thread's loop connection; or _ON_POOL when that connection is not
+        open yet or the database is locked, for the caller to go through the
+        pool instead.
+
+        Why: a hop to the pool and back costs more than the call (a send or a
+        pop is tens of microseconds in SQLite); at low rates the hops were
+        most of the latency. Blocking the loop is still ruled out: this
+        connection's busy timeout is 0, so a call that would wait for a lock
+        fails at once with SQLITE_BUSY instead, having done nothing (chanlite
+        undoes a failed call), and the pool retries it, waiting there."""
+        loop_conn = self._loop_connection()
+        if loop_conn is None:
+            return _ON_POOL
+        try:
+            return fn(loop_conn.conn, *args)
+        except sqlite3.OperationalError as e:
+            if not _is_locked(e):
+                raise
+            self.loop_fallbacks += 1
+            return _ON_POOL
+
+    def _loop_connection(self) -> _LoopConnection | None:
+        """This thread's loop connection, or None while it is being opened
+        (in the pool: opening may wait for locks) or where there is none."""
+        if self._memory is not None or not self.loop_calls:
+            return None
+        ident = threading.get_ident()
+        loop_conn = self._loop_conns.get(ident, _OPENING)
+        if loop_conn is _OPENING:
+            if ident not in self._loop_conns:
+                with self._lock:
+                    self._loop_conns[ident] = _OPENING
+                opening = self._submit(self._open_loop_connection)
+                opening.add_done_callback(functools.partial(self._loop_connection_opened, ident))
+            return None
+        if loop_conn.conn is None:
+            return None  # not possible on this database
+        if loop_conn.clock_generation != self._clock_generation:
+            loop_conn.conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+            loop_conn.clock_generation = self._clock_generation
+        return loop_conn
+
+    def _open_loop_connection(self) -> sqlite3.Connection | None:
+        """(In the pool.) A connection with busy timeout 0, for a loop's
+        thread; None unless the database is in WAL mode (where readers and
+        the writer never block each other, so calls rarely fall back)."""
+        pool_conn = self._connection()  # WAL set and settings stored, waiting if need be
+        if pool_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            return None
+        conn = chanlite.connect(
+            self.database_path(), timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _loop_connection_opened(
+        self, ident: int, opening: asyncio.Future[sqlite3.Connection | None]
+    ) -> None:
+        with self._lock:
+            if self._loop_conns.get(ident) is not _OPENING:
+                return  # the layer was closed meanwhile: close() closes it
+            if opening.cancelled() or opening.exception() is not None:
+                del self._loop_conns[ident]  # try again on a later call
+                return
+            self._loop_conns[ident] = _LoopConnection(opening.result())
 
     def _now(self) -> float:
         """Now on the chanlite clock: the pinned one (set_clock), else the real one."""
@@ -1063,9 +1182,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._check_message(message)
         self.require_valid_channel_name(channel)
         data = self.serialize(message)
-        await self._call(
-            self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
-        )
+        sent = self._try_on_loop(self._sql_on, "SELECT channel_send(?, ?)", channel, data)
+        if sent is _ON_POOL:
+            await self._call(
+                self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
+            )
         self._sent(self.non_local_name(channel))
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -1147,6 +1268,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 queue._kick()
             executor, self._executor = self._executor, None
             connections, self._connections = self._connections, []
+            self._loop_conns = {}
             self._configured = False
             self._retire_bell()
         here = asyncio.get_running_loop()

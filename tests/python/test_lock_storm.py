@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -54,6 +55,11 @@ async def _warm_layer(
     layer = SQLiteChannelLayer(path=db_path, busy_timeout=BUSY, **config)  # type: ignore[arg-type]
     await layer.send("warm", {"type": "warm-up"})
     assert await layer.receive("warm") == {"type": "warm-up"}
+    for _ in range(5000):  # the loop's own connection opens in the pool
+        opened = layer._loop_conns.get(threading.get_ident())
+        if opened is not None and opened.conn is not None:
+            break
+        await asyncio.sleep(0.001)
     return layer
 
 
@@ -68,6 +74,13 @@ async def test_send_retries_until_the_lock_is_released(
     send = asyncio.create_task(layer.send("storm", {"type": "m", "n": 1}))
     await asyncio.sleep(HOLD)
     assert not send.done(), "the send did not wait for the lock"
+    # The send tried on the loop's thread first, found the lock taken at
+    # once (busy timeout 0 there) and went to the pool, which waits: the
+    # event loop itself never waited for the lock.
+    assert layer.loop_fallbacks >= 1
+    loop_conn = layer._loop_conns[threading.get_ident()].conn
+    assert loop_conn is not None
+    assert loop_conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
     retries = _locked_retries(caplog, "send to 'storm'")
     assert len(retries) >= 2, [r.getMessage() for r in caplog.records]
     holder.execute("COMMIT")
@@ -152,3 +165,30 @@ async def test_send_gives_up_after_lock_timeout_and_stores_nothing(
 def test_lock_timeout_is_checked(db_path: str) -> None:
     with pytest.raises(ValueError, match="lock_timeout"):
         SQLiteChannelLayer(path=db_path, lock_timeout=-1)
+
+
+async def test_calls_run_on_the_loop_thread_when_nothing_holds_the_lock(
+    db_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once a loop's connection is open, sends and pops make no pool hop."""
+    layer = await _warm_layer(db_path, caplog)
+    pool_calls = 0
+    original_submit = layer._submit
+
+    def counting_submit(fn: Callable[..., Any], *args: Any) -> Any:
+        nonlocal pool_calls
+        pool_calls += 1
+        return original_submit(fn, *args)
+
+    layer._submit = counting_submit  # type: ignore[method-assign]
+    for i in range(20):
+        await layer.send("direct", {"type": "m", "i": i})
+    assert [(await layer.receive("direct"))["i"] for _ in range(20)] == list(range(20))
+    assert pool_calls == 0 and layer.loop_fallbacks == 0
+    await layer.close()
+
+    pooled = SQLiteChannelLayer(path=db_path, loop_calls=False)
+    await pooled.send("pooled", {"type": "m"})
+    assert await pooled.receive("pooled") == {"type": "m"}
+    assert pooled._loop_conns == {}
+    await pooled.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -186,10 +187,10 @@ async def test_never_sleeps_through_a_commit(
     monkeypatch.setattr(_Queue, "wait_for_messages", spy_wait)
 
     window: dict[str, Any] = {"round": None, "hits": 0}
-    original_fetch = layer._sync_recv_batch
+    original_fetch = layer._recv_batch_on  # every pop, on the loop's thread or in the pool
 
-    def fetch_then_commit(queue: str, want: int) -> Any:
-        rows = original_fetch(queue, want)
+    def fetch_then_commit(conn: sqlite3.Connection, queue: str, want: int) -> Any:
+        rows = original_fetch(conn, queue, want)
         target = window["round"]
         if target is not None and not rows and queue == layer.non_local_name(target[0]):
             window["round"] = None
@@ -197,7 +198,7 @@ async def test_never_sleeps_through_a_commit(
             window["hits"] += 1
         return rows
 
-    monkeypatch.setattr(layer, "_sync_recv_batch", fetch_then_commit)
+    monkeypatch.setattr(layer, "_recv_batch_on", fetch_then_commit)
     specific = await layer.new_channel()
     counts = {"waiting": 0, "at once": 0, "window": 0}
     try:
@@ -301,6 +302,13 @@ async def test_idle_receivers_make_no_calls(layer: SQLiteChannelLayer) -> None:
         return original_submit(fn, *args)
 
     layer._submit = counting_submit  # type: ignore[method-assign]
+    original_on_loop = layer._try_on_loop  # calls made on the loop's own thread
+
+    def counting_on_loop(fn: Callable[..., Any], *args: Any) -> Any:
+        calls["n"] += 1
+        return original_on_loop(fn, *args)
+
+    layer._try_on_loop = counting_on_loop  # type: ignore[method-assign]
     channels = [f"idle-{i}" for i in range(100)]
     tasks = [asyncio.create_task(layer.receive(channel)) for channel in channels]
     await _until(lambda: _listening(layer) == 100, "all 100 receivers wait for the bell")
