@@ -270,7 +270,7 @@ static Chanlite *batch_connection(Chanlite *c) {
   sqlite3_vfs *vfs = 0;
   sqlite3 *db = 0;
   char *err = 0, *sql;
-  sqlite3_int64 timeout, level;
+  sqlite3_int64 timeout, level, pages;
   if (!sqlite3_get_autocommit(c->db)) return c;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
@@ -293,6 +293,11 @@ static Chanlite *batch_connection(Chanlite *c) {
   }
   timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
   sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
+  /* Checkpoint when the caller's connection would: a caller that leaves
+  ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
+  ** run on its own thread by the batch's commit. */
+  pages = pragma_value(c, CHANLITE_STMT_WAL_AUTOCHECKPOINT, 0, 0);
+  if (pages >= 0) sqlite3_wal_autocheckpoint(c->side->db, (int)pages);
   c->side->clock_pinned = c->clock_pinned;
   c->side->clock = c->clock;
   c->side->fn = c->fn;

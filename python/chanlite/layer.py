@@ -990,7 +990,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
         most of the latency. Blocking the loop is still ruled out: this
         connection's busy timeout is 0, so a call that would wait for a lock
         fails at once with SQLITE_BUSY instead, having done nothing (chanlite
-        undoes a failed call), and the pool retries it, waiting there."""
+        undoes a failed call), and the pool retries it, waiting there.
+        What still runs here is SQLite's auto-checkpoint, when a commit finds
+        the WAL past 1,000 pages: a few milliseconds of fsync every few
+        hundred commits. (Moving it to the pool with wal_autocheckpoint=0
+        was tried: checkpoints racing the loop's writes often failed to let
+        the WAL start over, and FULL ones stalled writers for seconds.)"""
         loop_conn = self._loop_connection()
         if loop_conn is None:
             return _ON_POOL
