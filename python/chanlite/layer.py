@@ -337,6 +337,11 @@ class _Queue:
         # Counts kicks (a send of this process, a new receive(), the bell): a
         # receiver notes it before it looks and waits only if it has not moved.
         self.wakes = 0
+        # (bell, wakes before the look) of the last look that left the queue
+        # empty: until a ring or a kick moves `wakes` on, another look would
+        # find nothing (every commit rings the bell, which is watched all
+        # along, even while nobody listens to it).
+        self.emptied: tuple[_Bell, int] | None = None
         self.dropped = 0  # messages dropped from full buffers
         self.last_sweep = time.monotonic()
 
@@ -449,8 +454,11 @@ class _Queue:
                     if bell is not None:
                         self.layer._drain(bell)
                     seen = self.wakes
+                    # The last look emptied the queue and nothing has rung or
+                    # kicked since it began: it would find nothing, so wait.
+                    skip_look = bell is not None and self.emptied == (bell, seen)
                 try:
-                    rows = await self._fetch(want)
+                    rows = [] if skip_look else await self._fetch(want)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -465,6 +473,9 @@ class _Queue:
                         "chanlite: receive from %r succeeded after %d retries", self.name, locked
                     )
                     locked = 0
+                if len(rows) < want:
+                    with lock:
+                        self.emptied = (bell, seen) if bell is not None else None
                 if rows:
                     self._dispatch(rows)
                     idle.reset()
@@ -1168,6 +1179,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         expiry and for hosts that replicate statements."""
         self._clock = now
         self._clock_generation += 1
+        self._kick_queue(None)  # what has expired may differ: look again
 
     # ---- the channel layer API ----
 
@@ -1316,8 +1328,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _forget_if_idle(self, queue: _Queue) -> None:
         """Drop a normal channel's queue once idle (lock held), so that
-        receiving on many channel names does not grow memory."""
-        if queue.idle() and self._queues.get(queue.name) is queue:
+        receiving on many channel names does not grow memory. This layer's
+        own ``prefix!`` queue (one) is kept: what it knows (that it is
+        empty, see _Queue.emptied) saves the next receive() a look."""
+        if queue.idle() and not queue.local and self._queues.get(queue.name) is queue:
             del self._queues[queue.name]
 
     def __repr__(self) -> str:

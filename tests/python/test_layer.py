@@ -262,9 +262,9 @@ async def test_receiver_stops_when_nobody_listens(layer: SQLiteChannelLayer) -> 
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "one"})
     assert (await layer.receive(channel))["type"] == "one"
-    queue_name = layer.non_local_name(channel)
+    queue = layer._queues[layer.non_local_name(channel)]
     deadline = time.monotonic() + 5
-    while queue_name in layer._queues:
+    while queue.task is not None or queue.waiters:
         assert time.monotonic() < deadline, "the receiver did not stop"
         await asyncio.sleep(0.005)
     waiting = asyncio.create_task(layer.receive(channel))

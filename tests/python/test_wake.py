@@ -506,3 +506,44 @@ async def test_wake_method_logged_once(
     await asyncio.gather(waiting, return_exceptions=True)
     said = [r.getMessage() for r in caplog.records if "wake by" in r.getMessage()]
     assert len(said) == 1 and "inotify" in said[0], said
+
+
+# ---- no look that could find nothing ----
+
+
+@needs_inotify
+async def test_no_second_look_at_an_emptied_queue(layer: SQLiteChannelLayer) -> None:
+    """A receive() after one whose look emptied the queue waits without
+    looking again, since nothing rang; a commit of another process made
+    while no receiver waited still rang the watched bell, so the next
+    receive() looks and gets it."""
+    assert layer.path is not None
+    sender = Sender(layer.path)
+    looks = {"n": 0}
+    original = layer._recv_batch_on
+
+    def counting(conn: sqlite3.Connection, queue: str, want: int) -> Any:
+        looks["n"] += 1
+        return original(conn, queue, want)
+
+    layer._recv_batch_on = counting  # type: ignore[method-assign]
+    specific = await layer.new_channel()
+    try:
+        first = asyncio.create_task(layer.receive(specific))
+        await _until(lambda: _listening(layer) == 1, "the receiver waits")
+        await asyncio.to_thread(sender.send_and_wait, specific, 1)
+        assert await asyncio.wait_for(first, 10) == {"type": "wake", "i": 1}
+
+        looks["n"] = 0
+        second = asyncio.create_task(layer.receive(specific))
+        await _until(lambda: _listening(layer) == 1, "the second receiver waits")
+        assert looks["n"] == 0, "looked again at a queue known to be empty"
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+
+        # Sent while nobody listens to the bell: its ring waits in the watch.
+        await asyncio.to_thread(sender.send_and_wait, specific, 2)
+        assert await asyncio.wait_for(layer.receive(specific), 10) == {"type": "wake", "i": 2}
+        assert looks["n"] >= 1
+    finally:
+        sender.close()
