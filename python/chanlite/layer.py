@@ -7,9 +7,12 @@
         },
     }
 
-Every operation is one chanlite SQL call, run on a small pool of threads that
-each hold a connection (WAL, synchronous=NORMAL, a busy timeout): blocking
-SQLite calls never run on the event loop.
+Every operation is one chanlite SQL call. Sends and pops run on the event
+loop's thread, on a connection of its own whose busy timeout is 0, so that
+they never wait for a lock there: one that would fails at once, having done
+nothing, and runs again on a small pool of threads that each hold a
+connection (WAL, synchronous=NORMAL, a busy timeout), as every other call
+does. A database locked past the busy timeout is retried with a backoff.
 
 Receiving. A process keeps, per SQLite queue it receives from (one
 ``prefix!`` for all of its process-specific channels, or one normal channel),
