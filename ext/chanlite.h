@@ -23,6 +23,9 @@ SQLITE_EXTENSION_INIT3
 ** above what SQLite's default auto-checkpoint (1,000 pages of 4 KB) lets the
 ** WAL reach, so steady traffic does not truncate and regrow it. */
 #define CHANLITE_JOURNAL_SIZE_LIMIT (4 * 1024 * 1024)
+/* SQLite's default wal_autocheckpoint, for channel_recv_batch's second
+** connection until the caller's is read (ext/vtab.c, ext/disk.c). */
+#define SIDE_DEFAULT_AUTOCHECKPOINT 1000
 
 /* Names are shorter than 100 characters, as in Channels. */
 #define CHANLITE_MAX_NAME 99

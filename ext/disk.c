@@ -147,12 +147,11 @@ int chanlite_disk_reclaim(Chanlite *c) {
 ** began after the last pop, so its snapshot holds it back no more. The file
 ** then shrinks, and the next write anywhere restarts the WAL (and truncates
 ** it to journal_size_limit). */
-#define SIDE_AUTOCHECKPOINT 1000
-
 static int side_wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
   Chanlite *c = arg;
   int log = 0, copied = 0;
-  if (frames >= SIDE_AUTOCHECKPOINT) {
+  /* c->autocheckpoint: the caller's wal_autocheckpoint (ext/vtab.c). */
+  if (c->autocheckpoint > 0 && frames >= c->autocheckpoint) {
     sqlite3_wal_checkpoint_v2(db, zDb, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
     c->checkpoint_due = copied < log;
   }

@@ -23,6 +23,7 @@
 ** counters (ext/stats.c).
 */
 #include <string.h>
+#include <limits.h>
 #include "chanlite.h"
 
 #define BATCH_MAX 10000
@@ -273,7 +274,7 @@ static Chanlite *batch_connection(Chanlite *c) {
   sqlite3_vfs *vfs = 0;
   sqlite3 *db = 0;
   char *err = 0, *sql;
-  sqlite3_int64 timeout, level, limit;
+  sqlite3_int64 timeout, level, limit, pages;
   if (!sqlite3_get_autocommit(c->db)) return c;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
@@ -300,10 +301,18 @@ static Chanlite *batch_connection(Chanlite *c) {
                           limit >= 0 ? limit : (sqlite3_int64)CHANLITE_JOURNAL_SIZE_LIMIT);
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
+    c->side->autocheckpoint = SIDE_DEFAULT_AUTOCHECKPOINT;
     chanlite_disk_watch_side(c->side);
   }
   timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
   sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
+  /* Checkpoint when the caller's connection would: a caller that leaves
+  ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
+  ** run on its own thread by the batch's commit. The second connection's
+  ** WAL hook (ext/disk.c) reads this; sqlite3_wal_autocheckpoint() would
+  ** replace that hook. */
+  pages = pragma_value(c, CHANLITE_STMT_WAL_AUTOCHECKPOINT, 0, 0);
+  if (pages >= 0) c->side->autocheckpoint = pages > INT_MAX ? INT_MAX : (int)pages;
   c->side->clock_pinned = c->clock_pinned;
   c->side->clock = c->clock;
   c->side->fn = c->fn;

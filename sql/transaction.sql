@@ -51,6 +51,9 @@ PRAGMA busy_timeout
 -- name: synchronous
 PRAGMA main.synchronous
 
+-- name: wal_autocheckpoint
+PRAGMA wal_autocheckpoint
+
 -- Does nothing; stepping it reports an sqlite3_interrupt() (channel_wait).
 -- name: noop
 SELECT 1

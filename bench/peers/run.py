@@ -37,7 +37,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -592,7 +592,15 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def measure(bench: Bench, specs: list[LayerSpec], results: report.Results) -> None:
+WORKLOADS = ("throughput", "latency", "fanout", "idle")
+
+
+def measure(
+    bench: Bench,
+    specs: list[LayerSpec],
+    results: report.Results,
+    workloads: Sequence[str] = WORKLOADS,
+) -> None:
     plan = bench.plan
 
     def attempt(metric_keys: Sequence[str], spec: LayerSpec, fn: Any) -> Any:
@@ -612,7 +620,7 @@ def measure(bench: Bench, specs: list[LayerSpec], results: report.Results) -> No
                 bench.simple(spec, "flush", 120)
 
     # 1 + 2b: saturated point to point, 100 B (throughput and latency) and 10 KB (throughput)
-    for size, key in ((100, "tp_100"), (10240, "tp_10k")):
+    for size, key in ((100, "tp_100"), (10240, "tp_10k")) if "throughput" in workloads else ():
         lat_keys = ("lat_sat_p50", "lat_sat_p99", "lat_sat_p999") if size == 100 else ()
         for run in range(plan.runs):
             for spec in specs:
@@ -644,7 +652,7 @@ def measure(bench: Bench, specs: list[LayerSpec], results: report.Results) -> No
 
     # 2a: latency at a low, paced rate
     lat_keys = ("lat_low_p50", "lat_low_p99", "lat_low_p999")
-    for run in range(plan.runs):
+    for run in range(plan.runs if "latency" in workloads else 0):
         for spec in specs:
             log(f"latency at {plan.lat_rate:.0f} msg/s, run {run + 1}/{plan.runs}: {spec.name}")
             res = attempt(
@@ -667,7 +675,7 @@ def measure(bench: Bench, specs: list[LayerSpec], results: report.Results) -> No
     flush_all()
 
     # 3: group_send fan-out
-    for total in plan.fan_sizes:
+    for total in plan.fan_sizes if "fanout" in workloads else ():
         key = f"fan_{total}"
         for run in range(plan.fan_runs):
             for spec in specs:
@@ -686,7 +694,7 @@ def measure(bench: Bench, specs: list[LayerSpec], results: report.Results) -> No
         flush_all()
 
     # 4: idle consumers
-    for run in range(plan.idle_runs):
+    for run in range(plan.idle_runs if "idle" in workloads else 0):
         for spec in specs:
             log(f"{IDLE_CONSUMERS} idle consumers, run {run + 1}/{plan.idle_runs}: {spec.name}")
             res = attempt(
@@ -708,11 +716,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--layers", help="comma-separated layer names to run (default: all)")
     parser.add_argument(
+        "--workloads",
+        help=f"comma-separated workloads to run, of {','.join(WORKLOADS)} (default: all)",
+    )
+    parser.add_argument("--runs", type=int, help="repetitions of each workload (default: plan)")
+    parser.add_argument(
         "--no-install", action="store_true", help="do not call install.sh when something is missing"
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.runs:
+        plan = replace(plan, runs=args.runs, fan_runs=args.runs, idle_runs=args.runs)
+    workloads = [w.strip() for w in args.workloads.split(",")] if args.workloads else WORKLOADS
+    if unknown := set(workloads) - set(WORKLOADS):
+        parser.error(f"unknown workloads {sorted(unknown)}: choose from {','.join(WORKLOADS)}")
     out: Path = args.out if args.out.is_absolute() else Path.cwd() / args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -774,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except WorkerError as exc:
                     results.unavailable[name] = str(exc)
                     log(f"{name}: n/a ({exc})")
-            measure(bench, specs, results)
+            measure(bench, specs, results, workloads)
             log("C-level floor")
             floor = run_floor(args.quick)
     except (TimeLimit, KeyboardInterrupt) as exc:

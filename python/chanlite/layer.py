@@ -7,9 +7,12 @@
         },
     }
 
-Every operation is one chanlite SQL call, run on a small pool of threads that
-each hold a connection (WAL, synchronous=NORMAL, a busy timeout): blocking
-SQLite calls never run on the event loop.
+Every operation is one chanlite SQL call. Sends and pops run on the event
+loop's thread, on a connection of its own whose busy timeout is 0, so that
+they never wait for a lock there: one that would fails at once, having done
+nothing, and runs again on a small pool of threads that each hold a
+connection (WAL, synchronous=NORMAL, a busy timeout), as every other call
+does. A database locked past the busy timeout is retried with a backoff.
 
 Receiving. A process keeps, per SQLite queue it receives from (one
 ``prefix!`` for all of its process-specific channels, or one normal channel),
@@ -46,11 +49,13 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -61,7 +66,7 @@ from channels.layers import BaseChannelLayer
 import chanlite
 from chanlite import _inotify
 
-__all__ = ["ChannelFull", "SQLiteChannelLayer", "glob_for_pattern"]
+__all__ = ["ChannelFull", "DatabaseLocked", "SQLiteChannelLayer", "glob_for_pattern"]
 
 T = TypeVar("T")
 
@@ -163,10 +168,72 @@ def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 def _call_in(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
-    """Run fn soon in loop, from any thread; a loop that is gone is ignored."""
+    """Run fn in loop: now when that is the running loop (fn only resolves
+    or cancels a future, which runs nothing inline), else soon, from any
+    thread; a loop that is gone is ignored. Doing it now saves a wake-up of
+    the loop through its self-pipe on the way to every message."""
+    if asyncio._get_running_loop() is loop:
+        fn(*args)
+        return
     with contextlib.suppress(RuntimeError):  # loop closed
         loop.call_soon_threadsafe(fn, *args)
 
+
+class DatabaseLocked(sqlite3.OperationalError):
+    """A layer call found the database locked (another connection held the
+    write lock past the busy timeout) for longer than the layer's
+    lock_timeout. The call did nothing, so retrying it cannot duplicate."""
+
+
+#: Backoff between attempts on a locked database: doubling from LOCK_PAUSE_MIN
+#: to LOCK_PAUSE_MAX, each pause drawn from its upper half, so that processes
+#: that failed together do not all come back at the same instant.
+LOCK_PAUSE_MIN = 0.05
+LOCK_PAUSE_MAX = 1.0
+
+
+def _is_locked(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY (the write lock, past the busy timeout) or SQLITE_LOCKED
+    (a table of a shared-cache database), any extended code."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return "locked" in str(error)
+    return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _lock_pause(attempt: int) -> float:
+    top = min(LOCK_PAUSE_MAX, LOCK_PAUSE_MIN * 2 ** (attempt - 1))
+    return random.uniform(top / 2, top)
+
+
+def _log_locked(what: str, attempt: int, pause: float, busy_timeout: float) -> None:
+    logger.warning(
+        "chanlite: %s: database locked past the busy timeout (%s s); retry %d in %.0f ms",
+        what,
+        busy_timeout,
+        attempt,
+        pause * 1000,
+    )
+
+
+class _OnPool:
+    """The marker for "do it in the pool instead" (see _try_on_loop)."""
+
+
+_ON_POOL = _OnPool()
+
+
+class _LoopConnection:
+    """A connection used only by one event loop's thread, whose busy timeout
+    is 0; conn None where the database allows none (not in WAL mode)."""
+
+    def __init__(self, conn: sqlite3.Connection | None) -> None:
+        self.conn = conn
+        self.clock_generation = -1
+
+
+#: In SQLiteChannelLayer._loop_conns while a thread's loop connection opens.
+_OPENING = _LoopConnection(None)
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 #: A popped message: (channel, body, expires_at on the chanlite clock).
@@ -273,6 +340,11 @@ class _Queue:
         # Counts kicks (a send of this process, a new receive(), the bell): a
         # receiver notes it before it looks and waits only if it has not moved.
         self.wakes = 0
+        # (bell, wakes before the look) of the last look that left the queue
+        # empty: until a ring or a kick moves `wakes` on, another look would
+        # find nothing (every commit rings the bell, which is watched all
+        # along, even while nobody listens to it).
+        self.emptied: tuple[_Bell, int] | None = None
         self.dropped = 0  # messages dropped from full buffers
         self.last_sweep = time.monotonic()
 
@@ -354,6 +426,7 @@ class _Queue:
         me = asyncio.current_task()
         lock = self.layer._lock
         idle = _Backoff()
+        locked = 0  # attempts in a row that found the database locked
         try:
             while True:
                 with lock:
@@ -366,6 +439,10 @@ class _Queue:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                        locked += 1
+                        await self._pause_locked(locked)
+                        continue
                     self._fail_waiters(exc)
                     return
                 with lock:
@@ -380,13 +457,28 @@ class _Queue:
                     if bell is not None:
                         self.layer._drain(bell)
                     seen = self.wakes
+                    # The last look emptied the queue and nothing has rung or
+                    # kicked since it began: it would find nothing, so wait.
+                    skip_look = bell is not None and self.emptied == (bell, seen)
                 try:
-                    rows = await self._fetch(want)
+                    rows = [] if skip_look else await self._fetch(want)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    if isinstance(exc, sqlite3.OperationalError) and _is_locked(exc):
+                        locked += 1
+                        await self._pause_locked(locked)
+                        continue
                     self._fail_waiters(exc)
                     return
+                if locked:
+                    logger.info(
+                        "chanlite: receive from %r succeeded after %d retries", self.name, locked
+                    )
+                    locked = 0
+                if len(rows) < want:
+                    with lock:
+                        self.emptied = (bell, seen) if bell is not None else None
                 if rows:
                     self._dispatch(rows)
                     idle.reset()
@@ -398,9 +490,22 @@ class _Queue:
                     self.task = None
                 self.layer._forget_if_idle(self)
 
+    async def _pause_locked(self, attempt: int) -> None:
+        """Wait before looking again at a database that was locked past the
+        busy timeout. Receivers retry for as long as somebody waits: a
+        receive() is a wait already, and cancelling it stops this."""
+        pause = _lock_pause(attempt)
+        _log_locked(f"receive from {self.name!r}", attempt, pause, self.layer.busy_timeout)
+        await asyncio.sleep(pause)
+
     async def _fetch(self, want: int) -> list[_Row]:
-        """Pop up to want messages in a thread. The pop cannot be undone, so a
-        cancellation waits for it and buffers what it popped before ending."""
+        """Pop up to want messages: on this thread if that cannot wait for a
+        lock (see SQLiteChannelLayer._try_on_loop), else in the pool. The pop
+        cannot be undone, so a cancellation waits for it and buffers what it
+        popped before ending."""
+        rows = self.layer._try_on_loop(self.layer._recv_batch_on, self.name, want)
+        if rows is not _ON_POOL:
+            return rows
         fut = self.layer._submit(self.layer._sync_recv_batch, self.name, want)
         try:
             return await asyncio.shield(fut)
@@ -469,6 +574,8 @@ class _Queue:
             self.kick_waiter = (loop, kick)
             if bell is not None:
                 listening = self.layer._listen(bell, loop)
+            elif self.layer.wake_method == "memory":
+                listening = True  # every send of the database kicks us: see _MemoryDatabase
         try:
             if listening:
                 await kick
@@ -481,13 +588,72 @@ class _Queue:
             with self.layer._lock:
                 if self.kick_waiter is not None and self.kick_waiter[1] is kick:
                     self.kick_waiter = None
-                if listening:
-                    assert bell is not None
+                if listening and bell is not None:
                     bell.unlisten(loop)
 
     def idle(self) -> bool:
         """Nothing buffered, nobody waiting, no receiver (lock held)."""
         return not self.buffers and not self.waiters and self.task is None
+
+
+#: The in-memory database that ``path=":memory:"`` names.
+MEMORY_DEFAULT = "file:chanlite-memory?mode=memory&cache=shared"
+
+
+def _memory_uri(path: str) -> str | None:
+    """The shared-cache URI of an in-memory ``path``, or None for a file."""
+    if path == ":memory:":
+        return MEMORY_DEFAULT
+    if path.startswith("file:") and "mode=memory" in path:
+        if "cache=shared" in path:
+            return path
+        return f"{path}{'&' if '?' in path else '?'}cache=shared"
+    return None
+
+
+class _MemoryDatabase:
+    """An in-memory database shared by every layer of the process that names
+    it (test mode): one connection, used by one thread, open for the life of
+    the process, so the database outlives any layer's close() and needs no
+    file and no cleanup. With one connection nobody ever waits for a lock.
+
+    There is no bell: every send is made by a layer of this process, so a
+    send wakes the receivers of every layer on the database directly.
+    """
+
+    _all: ClassVar[dict[str, _MemoryDatabase]] = {}
+    _all_lock: ClassVar[threading.Lock] = threading.Lock()
+    _UNSET: ClassVar[object] = object()
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="chanlite-memory"
+        )
+        self.conn: sqlite3.Connection | None = None  # only touched by the executor's thread
+        self.clock: object = self._UNSET  # what chanlite_clock() is pinned to on conn
+        self.layers: weakref.WeakSet[SQLiteChannelLayer] = weakref.WeakSet()
+
+    @classmethod
+    def named(cls, uri: str) -> _MemoryDatabase:
+        with cls._all_lock:
+            found = cls._all.get(uri)
+            if found is None:
+                found = cls._all[uri] = cls(uri)
+            return found
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection (in the executor's thread)."""
+        if self.conn is None:
+            self.conn = chanlite.connect(
+                self.uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+        return self.conn
+
+    def kick(self, queue_name: str | None) -> None:
+        """A message was sent: receivers of every layer here look again."""
+        for layer in list(self.layers):
+            layer._kick_queue(queue_name)
 
 
 class SQLiteChannelLayer(BaseChannelLayer):
@@ -500,10 +666,23 @@ class SQLiteChannelLayer(BaseChannelLayer):
     ``group_expiry`` (86400), ``capacity`` (100), ``channel_capacity`` (glob
     or simple regex -> capacity) and ``symmetric_encryption_keys``.
     ``busy_timeout`` (seconds, 5) and ``threads`` (4) tune the connections.
+    ``lock_timeout`` (seconds, 30): how long a send, group call or flush
+    keeps retrying, with a jittered backoff, a database that another
+    connection keeps locked past the busy timeout, before it raises
+    :class:`DatabaseLocked` (having done nothing). Receivers retry for as long
+    as a receive() waits. Each retry is logged (WARNING, logger ``chanlite``).
+    ``loop_calls`` (True): sends and pops run on the event loop's own thread
+    when they can do so without waiting for a lock (see ``_try_on_loop``);
+    False sends every call through the pool.
     ``wake``: ``"auto"`` (the default: receivers wait for the extension's bell
     with inotify where they can, else poll) or ``"polling"`` (always poll,
     with a backoff from 1 to 50 ms). Once a receiver has waited,
-    ``wake_method`` says which is in use: ``"inotify"`` or ``"polling"``.
+    ``wake_method`` says which is in use: ``"inotify"``, ``"polling"`` or
+    ``"memory"``.
+
+    Test mode: ``path=":memory:"`` (or a ``file:NAME?mode=memory`` URI) is an
+    in-memory database shared by every layer of the process that names it,
+    alive until the process exits (see :class:`_MemoryDatabase`).
 
     Settings are stored in the database (chanlite_config), so every process
     using the file should configure the same values: the last one to start
@@ -524,6 +703,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         busy_timeout: float = 5.0,
         threads: int = 4,
         wake: str = "auto",
+        lock_timeout: float = 30.0,
+        loop_calls: bool = True,
     ) -> None:
         super().__init__(capacity=capacity)
         self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
@@ -532,9 +713,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 "chanlite: CONFIG needs exactly one of 'path' (a database file for the "
                 "layer) or 'database' (a Django database alias)"
             )
-        if path is not None and (str(path) in ("", ":memory:") or "mode=memory" in str(path)):
-            raise ValueError("chanlite: 'path' must be a database file, not an in-memory one")
+        if path is not None and str(path) == "":
+            raise ValueError("chanlite: 'path' must be a database file or ':memory:', not ''")
         self.path = None if path is None else str(path)
+        memory_uri = None if self.path is None else _memory_uri(self.path)
+        #: Test mode: the process's in-memory database (path=":memory:").
+        self._memory = None if memory_uri is None else _MemoryDatabase.named(memory_uri)
         self.database = database
         self.group_expiry = group_expiry
         self.capacity_globs: list[tuple[str, int]] = [
@@ -546,6 +730,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
         ]
         self.channel_capacity = dict(self.capacity_patterns)
         self.busy_timeout = busy_timeout
+        if not lock_timeout >= 0:
+            raise ValueError(f"chanlite: 'lock_timeout' must be >= 0 seconds, not {lock_timeout!r}")
+        self.lock_timeout = lock_timeout
         self.threads = threads
         if wake not in ("auto", "polling"):
             raise ValueError(f"chanlite: 'wake' must be 'auto' or 'polling', not {wake!r}")
@@ -562,10 +749,18 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tls = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        #: Per thread (event loop) ident: its loop connection (see _try_on_loop).
+        self._loop_conns: dict[int, _LoopConnection] = {}
+        #: Calls made on the event loop's thread (False: every call in the pool).
+        self.loop_calls = loop_calls
+        #: Loop-thread calls that found the database locked and went to the pool.
+        self.loop_fallbacks = 0
         self._configured = False
         self._clock: float | None = None
         self._clock_generation = 0
         self._resolved_path: str | None = None
+        if self._memory is not None:
+            self._memory.layers.add(self)
 
     # ---- encoding ----
 
@@ -625,7 +820,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def database_path(self) -> str:
         """The database file (for ``database``, the Django alias's NAME)."""
         if self._resolved_path is None:
-            if self.path is not None:
+            if self._memory is not None:
+                self._resolved_path = self._memory.uri
+            elif self.path is not None:
                 self._resolved_path = self.path
             else:
                 from django.db import connections
@@ -649,6 +846,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened and configured on first use."""
+        if self._memory is not None:
+            return self._memory_connection(self._memory)
         conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
         if conn is None:
             conn = chanlite.connect(
@@ -657,18 +856,32 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            self._use_wal(conn)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                self._use_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
+            except BaseException:
+                conn.close()
+                raise
             self._tls.conn = conn
             self._tls.clock_generation = -1
             with self._lock:
                 self._connections.append(conn)
-            self._configure(conn)
+        self._configure(conn)  # again after a failure (a locked database)
         if self._tls.clock_generation != self._clock_generation:
             self._tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+        return conn
+
+    def _memory_connection(self, memory: _MemoryDatabase) -> sqlite3.Connection:
+        """The in-memory database's one connection, with this layer's settings
+        and clock (other layers on it may pin another clock)."""
+        conn = memory.connection()
+        self._configure(conn)
+        if memory.clock != self._clock:
+            conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+            memory.clock = self._clock
         return conn
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
@@ -688,10 +901,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         """Store this layer's settings in the database, once."""
-        with self._lock:
-            if self._configured:
-                return
-            self._configured = True
+        if self._configured:
+            return
         for key, value in (
             ("expiry", self.expiry),
             ("group_expiry", self.group_expiry),
@@ -700,24 +911,63 @@ class SQLiteChannelLayer(BaseChannelLayer):
             conn.execute("SELECT chanlite_config(?, ?)", (key, value))
         for glob, n in self.capacity_globs:
             conn.execute("SELECT chanlite_capacity(?, ?)", (glob, n))
+        self._configured = True  # only now: a locked database leaves it to the next call
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        if self._memory is not None:
+            return loop.run_in_executor(self._memory.executor, functools.partial(fn, *args))
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.threads, thread_name_prefix="chanlite"
                 )
             executor = self._executor
-        loop = asyncio.get_running_loop()
         return loop.run_in_executor(executor, functools.partial(fn, *args))
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._submit(fn, *args)
+    async def _call(self, fn: Callable[..., T], *args: Any, what: str = "") -> T:
+        """fn(*args) in the pool. A database locked past the busy timeout is
+        retried with a jittered backoff for up to lock_timeout seconds in
+        all, then DatabaseLocked. A locked call changed nothing (chanlite
+        undoes a failed call), so a retry cannot send twice."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                result = await self._submit(fn, *args)
+            except sqlite3.OperationalError as e:
+                if not _is_locked(e):
+                    raise
+                attempt += 1
+                elapsed = time.monotonic() - started
+                pause = _lock_pause(attempt)
+                if elapsed + pause > self.lock_timeout:
+                    logger.error(
+                        "chanlite: %s gave up: database locked for %.1f s (%d attempts)",
+                        what or fn.__name__,
+                        elapsed,
+                        attempt,
+                    )
+                    raise DatabaseLocked(
+                        f"chanlite: database is locked: {what or fn.__name__} gave up after "
+                        f"{attempt} attempts in {elapsed:.1f} s (lock_timeout "
+                        f"{self.lock_timeout} s, busy_timeout {self.busy_timeout} s); "
+                        "nothing was done, so it may be retried"
+                    ) from e
+                _log_locked(what or fn.__name__, attempt, pause, self.busy_timeout)
+                await asyncio.sleep(pause)
+                continue
+            if attempt:
+                logger.info("chanlite: %s succeeded after %d retries", what or fn.__name__, attempt)
+            return result
 
     def _sql(self, sql: str, *params: Any) -> Any:
         """One chanlite call in this thread; its single value."""
+        return self._sql_on(self._connection(), sql, *params)
+
+    def _sql_on(self, conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
         try:
-            return self._connection().execute(sql, params).fetchone()[0]
+            return conn.execute(sql, params).fetchone()[0]
         except sqlite3.Error as e:
             raise self._translate(e, params) from e
 
@@ -731,17 +981,99 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return error
 
     def _sync_recv_batch(self, queue: str, want: int) -> list[_Row]:
+        return self._recv_batch_on(self._connection(), queue, want)
+
+    def _recv_batch_on(self, conn: sqlite3.Connection, queue: str, want: int) -> list[_Row]:
         try:
-            return (
-                self._connection()
-                .execute(
-                    "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
-                    (queue, want),
-                )
-                .fetchall()
-            )
+            return conn.execute(
+                "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
+                (queue, want),
+            ).fetchall()
         except sqlite3.Error as e:
             raise self._translate(e, (queue,)) from e
+
+    # ---- calls on the event loop's thread ----
+
+    def _try_on_loop(self, fn: Callable[..., T], *args: Any) -> T | _OnPool:
+        """fn(conn, *args) right here, on the event loop's thread, on this
+        thread's loop connection; or _ON_POOL when that connection is not
+        open yet or the database is locked, for the caller to go through the
+        pool instead.
+
+        Why: a hop to the pool and back costs more than the call (a send or a
+        pop is tens of microseconds in SQLite); at low rates the hops were
+        most of the latency. Blocking the loop is still ruled out: this
+        connection's busy timeout is 0, so a call that would wait for a lock
+        fails at once with SQLITE_BUSY instead, having done nothing (chanlite
+        undoes a failed call), and the pool retries it, waiting there.
+        What still runs here is SQLite's auto-checkpoint, when a commit finds
+        the WAL past 1,000 pages: a few milliseconds of fsync every few
+        hundred commits. (Moving it to the pool with wal_autocheckpoint=0
+        was tried: checkpoints racing the loop's writes often failed to let
+        the WAL start over, and FULL ones stalled writers for seconds.)"""
+        loop_conn = self._loop_connection()
+        if loop_conn is None:
+            return _ON_POOL
+        try:
+            return fn(loop_conn.conn, *args)
+        except sqlite3.OperationalError as e:
+            if not _is_locked(e):
+                raise
+            self.loop_fallbacks += 1
+            return _ON_POOL
+
+    def _loop_connection(self) -> _LoopConnection | None:
+        """This thread's loop connection, or None while it is being opened
+        (in the pool: opening may wait for locks) or where there is none."""
+        if self._memory is not None or not self.loop_calls:
+            return None
+        ident = threading.get_ident()
+        loop_conn = self._loop_conns.get(ident, _OPENING)
+        if loop_conn is _OPENING:
+            if ident not in self._loop_conns:
+                with self._lock:
+                    self._loop_conns[ident] = _OPENING
+                opening = self._submit(self._open_loop_connection)
+                opening.add_done_callback(functools.partial(self._loop_connection_opened, ident))
+            return None
+        if loop_conn.conn is None:
+            return None  # not possible on this database
+        if loop_conn.clock_generation != self._clock_generation:
+            loop_conn.conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+            loop_conn.clock_generation = self._clock_generation
+        return loop_conn
+
+    def _open_loop_connection(self) -> sqlite3.Connection | None:
+        """(In the pool.) A connection with busy timeout 0, for a loop's
+        thread; None unless the database is in WAL mode (where readers and
+        the writer never block each other, so calls rarely fall back)."""
+        pool_conn = self._connection()  # WAL set and settings stored, waiting if need be
+        if pool_conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            return None
+        conn = chanlite.connect(
+            self.database_path(), timeout=0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _loop_connection_opened(
+        self, ident: int, opening: asyncio.Future[sqlite3.Connection | None]
+    ) -> None:
+        with self._lock:
+            if self._loop_conns.get(ident) is not _OPENING:
+                return  # the layer was closed meanwhile: close() closes it
+            if opening.cancelled() or opening.exception() is not None:
+                del self._loop_conns[ident]  # try again on a later call
+                return
+            self._loop_conns[ident] = _LoopConnection(opening.result())
 
     def _now(self) -> float:
         """Now on the chanlite clock: the pinned one (set_clock), else the real one."""
@@ -768,9 +1100,14 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return str(path), ""
 
     async def _arm(self) -> _Bell | None:
-        """The bell, watched, for a receiver about to look; None to poll."""
+        """The bell, watched, for a receiver about to look; None to poll (or,
+        in memory, to wait for a send of this process)."""
+        if self._memory is not None and self.wake != "polling":
+            with self._lock:
+                self._use("memory", "the database is in this process's memory")
+            return None
         if self._bell_path is None:  # once (concurrent first looks agree)
-            path, why = await self._call(self._sync_bell_path)
+            path, why = await self._call(self._sync_bell_path, what="finding the bell")
             with self._lock:
                 if self._bell_path is None:
                     self._bell_path, self._bell_unavailable = path, why
@@ -847,6 +1184,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         expiry and for hosts that replicate statements."""
         self._clock = now
         self._clock_generation += 1
+        self._kick_queue(None)  # what has expired may differ: look again
 
     # ---- the channel layer API ----
 
@@ -866,8 +1204,12 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._check_message(message)
         self.require_valid_channel_name(channel)
         data = self.serialize(message)
-        await self._call(self._sql, "SELECT channel_send(?, ?)", channel, data)
-        self._kick_queue(self.non_local_name(channel))
+        sent = self._try_on_loop(self._sql_on, "SELECT channel_send(?, ?)", channel, data)
+        if sent is _ON_POOL:
+            await self._call(
+                self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
+            )
+        self._sent(self.non_local_name(channel))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on a channel, waiting for one. Cancelling it at any
@@ -898,12 +1240,20 @@ class SQLiteChannelLayer(BaseChannelLayer):
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._call(self._sql, "SELECT group_add(?, ?)", group, channel)
+        await self._call(
+            self._sql, "SELECT group_add(?, ?)", group, channel, what=f"group_add to {group!r}"
+        )
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        await self._call(self._sql, "SELECT group_discard(?, ?)", group, channel)
+        await self._call(
+            self._sql,
+            "SELECT group_discard(?, ?)",
+            group,
+            channel,
+            what=f"group_discard from {group!r}",
+        )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> int:  # type: ignore[override]
         """Send to every member; full members are skipped. Returns how many
@@ -912,15 +1262,17 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._check_message(message)
         self.require_valid_group_name(group)
         data = self.serialize(message)
-        delivered: int = await self._call(self._sql, "SELECT group_send(?, ?)", group, data)
+        delivered: int = await self._call(
+            self._sql, "SELECT group_send(?, ?)", group, data, what=f"group_send to {group!r}"
+        )
         if delivered:
-            self._kick_queue(None)
+            self._sent(None)
         return delivered
 
     async def flush(self) -> None:
         """Empty every channel and group (of the whole database), and this
         process's buffers."""
-        await self._call(self._sql, "SELECT channel_flush()")
+        await self._call(self._sql, "SELECT channel_flush()", what="flush")
         with self._lock:
             for queue in self._queues.values():
                 queue.buffers.clear()
@@ -938,6 +1290,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 queue._kick()
             executor, self._executor = self._executor, None
             connections, self._connections = self._connections, []
+            self._loop_conns = {}
             self._configured = False
             self._retire_bell()
         here = asyncio.get_running_loop()
@@ -961,6 +1314,14 @@ class SQLiteChannelLayer(BaseChannelLayer):
         if bell is not None:
             bell.retire()
 
+    def _sent(self, name: str | None) -> None:
+        """Wake this process's receivers of a queue (all, for None) after a
+        send: of this layer, or in memory, of every layer on the database."""
+        if self._memory is not None:
+            self._memory.kick(name)
+        else:
+            self._kick_queue(name)
+
     def _kick_queue(self, name: str | None) -> None:
         """Make this process's receivers of a queue (all, for None) look now."""
         with self._lock:
@@ -972,8 +1333,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _forget_if_idle(self, queue: _Queue) -> None:
         """Drop a normal channel's queue once idle (lock held), so that
-        receiving on many channel names does not grow memory."""
-        if queue.idle() and self._queues.get(queue.name) is queue:
+        receiving on many channel names does not grow memory. This layer's
+        own ``prefix!`` queue (one) is kept: what it knows (that it is
+        empty, see _Queue.emptied) saves the next receive() a look."""
+        if queue.idle() and not queue.local and self._queues.get(queue.name) is queue:
             del self._queues[queue.name]
 
     def __repr__(self) -> str:

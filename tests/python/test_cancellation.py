@@ -7,10 +7,22 @@ import asyncio
 import collections
 import random
 import time
+import uuid
+from pathlib import Path
+
+import pytest
 
 from chanlite.layer import SQLiteChannelLayer
 
 MESSAGES_PER_CHANNEL = 600
+
+
+@pytest.fixture(params=["file", "memory"])
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """On a database file, and in test mode (an in-memory database)."""
+    if request.param == "memory":
+        return f"file:chanlite-torture-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    return str(tmp_path / "layer.sqlite3")
 
 
 async def _cancel_at_random(
@@ -62,22 +74,29 @@ async def _consume(
             total[channel] += 1
 
 
-async def _produce(layer: SQLiteChannelLayer, channels: list[str], rng: random.Random) -> None:
-    for i in range(MESSAGES_PER_CHANNEL):
+async def _produce(
+    layer: SQLiteChannelLayer, channels: list[str], rng: random.Random, per_channel: int
+) -> None:
+    for i in range(per_channel):
         for channel in channels:
             await layer.send(channel, {"type": "torture", "channel": channel, "i": i})
         if rng.random() < 0.3:
             await asyncio.sleep(rng.random() * 0.002)
 
 
-async def test_cancelled_receives_lose_nothing(db_path: str) -> None:
+@pytest.mark.parametrize("loop_calls", [True, False], ids=["on-loop", "in-pool"])
+async def test_cancelled_receives_lose_nothing(db_path: str, loop_calls: bool) -> None:
+    """With pops on the event loop's thread (the default) and all in the
+    pool. Pops on the loop cannot be interrupted, so fewer receives are
+    caught mid-way: that case sends more, for as many cancellations."""
     rng = random.Random(20240601)
-    layer = SQLiteChannelLayer(path=db_path, capacity=100_000)
+    per_channel = MESSAGES_PER_CHANNEL * (3 if loop_calls else 1)
+    layer = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
     # Two process-specific channels (one receiver, shared buffers) and one
     # normal channel, received by this layer and by a second instance (as
     # another process would) at once.
     local = [await layer.new_channel(), await layer.new_channel()]
-    other = SQLiteChannelLayer(path=db_path, capacity=100_000)
+    other = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
     channels = [*local, "torture-normal"]
     received: collections.Counter[tuple[str, int]] = collections.Counter()
     stats: collections.Counter[str] = collections.Counter()
@@ -85,22 +104,19 @@ async def test_cancelled_receives_lose_nothing(db_path: str) -> None:
 
     normal_total = {"torture-normal": 0}
     consumers = [
-        _consume(layer, channel, received, MESSAGES_PER_CHANNEL, rng, stats, total)
-        for channel in local
+        _consume(layer, channel, received, per_channel, rng, stats, total) for channel in local
     ]
 
     async def normal_consumer(instance: SQLiteChannelLayer) -> None:
-        await _consume(
-            instance, "torture-normal", received, MESSAGES_PER_CHANNEL, rng, stats, normal_total
-        )
+        await _consume(instance, "torture-normal", received, per_channel, rng, stats, normal_total)
 
     await asyncio.gather(
-        _produce(layer, channels, rng),
+        _produce(layer, channels, rng, per_channel),
         *consumers,
         normal_consumer(layer),
         normal_consumer(other),
     )
-    expected = {(channel, i) for channel in channels for i in range(MESSAGES_PER_CHANNEL)}
+    expected = {(channel, i) for channel in channels for i in range(per_channel)}
     duplicates = {key: n for key, n in received.items() if n != 1}
     assert not duplicates, f"received more than once: {list(duplicates)[:10]}"
     assert set(received) == expected, f"lost: {sorted(expected - set(received))[:10]}"

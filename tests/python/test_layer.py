@@ -7,13 +7,34 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
+import chanlite
 from chanlite.layer import SQLiteChannelLayer, glob_for_pattern
+
+
+@pytest.fixture(params=["file", "memory"])
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test here runs on a database file and again in test mode, on an
+    in-memory database of its own (path=":memory:" is the process's default one)."""
+    if request.param == "memory":
+        return f"file:chanlite-test-{uuid.uuid4().hex}?mode=memory&cache=shared"
+    return str(tmp_path / "layer.sqlite3")
+
+
+@pytest.fixture
+def sql(db_path: str) -> Iterator[sqlite3.Connection]:
+    """A plain connection with chanlite to the layer's database (file or memory)."""
+    conn = chanlite.connect(db_path, uri=True, isolation_level=None)
+    yield conn
+    conn.close()
+
 
 # ---- send and receive ----
 
@@ -241,9 +262,9 @@ async def test_receiver_stops_when_nobody_listens(layer: SQLiteChannelLayer) -> 
     channel = await layer.new_channel()
     await layer.send(channel, {"type": "one"})
     assert (await layer.receive(channel))["type"] == "one"
-    queue_name = layer.non_local_name(channel)
+    queue = layer._queues[layer.non_local_name(channel)]
     deadline = time.monotonic() + 5
-    while queue_name in layer._queues:
+    while queue.task is not None or queue.waiters:
         assert time.monotonic() < deadline, "the receiver did not stop"
         await asyncio.sleep(0.005)
     waiting = asyncio.create_task(layer.receive(channel))
@@ -431,8 +452,8 @@ def test_config_errors(db_path: str) -> None:
         SQLiteChannelLayer()
     with pytest.raises(ValueError, match="exactly one"):
         SQLiteChannelLayer(path=db_path, database="default")
-    with pytest.raises(ValueError, match="in-memory"):
-        SQLiteChannelLayer(path=":memory:")
+    with pytest.raises(ValueError, match="':memory:', not ''"):
+        SQLiteChannelLayer(path="")
     with pytest.raises(TypeError):
         SQLiteChannelLayer(path=db_path, hosts=[("localhost", 6379)])  # type: ignore[call-arg]
 
@@ -464,7 +485,7 @@ async def test_settings_are_stored_in_the_database(db_path: str, sql: sqlite3.Co
     }
     assert config == {"expiry": 7, "group_expiry": 70, "capacity": 9}
     mode = sql.execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    assert mode == ("memory" if "mode=memory" in db_path else "wal")
     await layer.close()
 
 

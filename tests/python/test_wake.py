@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -186,10 +187,10 @@ async def test_never_sleeps_through_a_commit(
     monkeypatch.setattr(_Queue, "wait_for_messages", spy_wait)
 
     window: dict[str, Any] = {"round": None, "hits": 0}
-    original_fetch = layer._sync_recv_batch
+    original_fetch = layer._recv_batch_on  # every pop, on the loop's thread or in the pool
 
-    def fetch_then_commit(queue: str, want: int) -> Any:
-        rows = original_fetch(queue, want)
+    def fetch_then_commit(conn: sqlite3.Connection, queue: str, want: int) -> Any:
+        rows = original_fetch(conn, queue, want)
         target = window["round"]
         if target is not None and not rows and queue == layer.non_local_name(target[0]):
             window["round"] = None
@@ -197,7 +198,7 @@ async def test_never_sleeps_through_a_commit(
             window["hits"] += 1
         return rows
 
-    monkeypatch.setattr(layer, "_sync_recv_batch", fetch_then_commit)
+    monkeypatch.setattr(layer, "_recv_batch_on", fetch_then_commit)
     specific = await layer.new_channel()
     counts = {"waiting": 0, "at once": 0, "window": 0}
     try:
@@ -301,6 +302,13 @@ async def test_idle_receivers_make_no_calls(layer: SQLiteChannelLayer) -> None:
         return original_submit(fn, *args)
 
     layer._submit = counting_submit  # type: ignore[method-assign]
+    original_on_loop = layer._try_on_loop  # calls made on the loop's own thread
+
+    def counting_on_loop(fn: Callable[..., Any], *args: Any) -> Any:
+        calls["n"] += 1
+        return original_on_loop(fn, *args)
+
+    layer._try_on_loop = counting_on_loop  # type: ignore[method-assign]
     channels = [f"idle-{i}" for i in range(100)]
     tasks = [asyncio.create_task(layer.receive(channel)) for channel in channels]
     await _until(lambda: _listening(layer) == 100, "all 100 receivers wait for the bell")
@@ -498,3 +506,44 @@ async def test_wake_method_logged_once(
     await asyncio.gather(waiting, return_exceptions=True)
     said = [r.getMessage() for r in caplog.records if "wake by" in r.getMessage()]
     assert len(said) == 1 and "inotify" in said[0], said
+
+
+# ---- no look that could find nothing ----
+
+
+@needs_inotify
+async def test_no_second_look_at_an_emptied_queue(layer: SQLiteChannelLayer) -> None:
+    """A receive() after one whose look emptied the queue waits without
+    looking again, since nothing rang; a commit of another process made
+    while no receiver waited still rang the watched bell, so the next
+    receive() looks and gets it."""
+    assert layer.path is not None
+    sender = Sender(layer.path)
+    looks = {"n": 0}
+    original = layer._recv_batch_on
+
+    def counting(conn: sqlite3.Connection, queue: str, want: int) -> Any:
+        looks["n"] += 1
+        return original(conn, queue, want)
+
+    layer._recv_batch_on = counting  # type: ignore[method-assign]
+    specific = await layer.new_channel()
+    try:
+        first = asyncio.create_task(layer.receive(specific))
+        await _until(lambda: _listening(layer) == 1, "the receiver waits")
+        await asyncio.to_thread(sender.send_and_wait, specific, 1)
+        assert await asyncio.wait_for(first, 10) == {"type": "wake", "i": 1}
+
+        looks["n"] = 0
+        second = asyncio.create_task(layer.receive(specific))
+        await _until(lambda: _listening(layer) == 1, "the second receiver waits")
+        assert looks["n"] == 0, "looked again at a queue known to be empty"
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+
+        # Sent while nobody listens to the bell: its ring waits in the watch.
+        await asyncio.to_thread(sender.send_and_wait, specific, 2)
+        assert await asyncio.wait_for(layer.receive(specific), 10) == {"type": "wake", "i": 2}
+        assert looks["n"] >= 1
+    finally:
+        sender.close()
