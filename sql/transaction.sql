@@ -24,6 +24,7 @@ RELEASE chanlite
 ROLLBACK TO chanlite
 
 -- Do the chanlite tables exist? Fails to prepare ("no such table") if not.
+-- It also reads a table, which undo() in ext/transaction.c relies on.
 -- Run inside the transaction, it also checks the schema cookie, so tables
 -- another connection created or dropped are seen.
 -- name: schema_check
