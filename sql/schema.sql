@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS main.chanlite_config(
   value NOT NULL
 ) WITHOUT ROWID;
 
+-- Keep this table last: the schema check (transaction.sql) looks for it.
 -- Per-channel capacity by GLOB pattern. The first pattern added that matches
 -- wins; `id` keeps that order, and an upsert keeps a pattern's `id`.
 CREATE TABLE IF NOT EXISTS main.chanlite_capacity(

@@ -27,8 +27,11 @@ ROLLBACK TO chanlite
 -- It also reads a table, which undo() in ext/transaction.c relies on.
 -- Run inside the transaction, it also checks the schema cookie, so tables
 -- another connection created or dropped are seen.
+-- It looks for the table schema.sql creates last, so that tables half made
+-- (the first call ran out of memory inside the caller's transaction, and the
+-- caller committed) are completed by running schema.sql again.
 -- name: schema_check
-SELECT 1 FROM main.chanlite_message WHERE 0
+SELECT 1 FROM main.chanlite_capacity WHERE 0
 
 -- What channel_recv_batch needs to open its second connection (ext/vtab.c).
 -- name: journal_mode
