@@ -370,17 +370,22 @@ static int load(sqlite3 *db, char **err) {
   return sqlite3_load_extension(db, ext_path, "sqlite3_chanlite_init", err);
 }
 
-/* A fresh WAL database with chanlite loaded and the setup run, all without
-** faults. NULL if that failed (reported). */
-static sqlite3 *fresh(const Scenario *sc, int load_it) {
-  sqlite3 *db = 0;
-  char *err = 0, path[300];
-  const char *suffix[] = {"", "-wal", "-shm", "-journal", "-chanlite"};
+static void remove_db_files(void) {
+  static const char *const suffix[] = {"", "-wal", "-shm", "-journal", "-chanlite"};
+  char path[300];
   int i;
   for (i = 0; i < 5; i++) {
     snprintf(path, sizeof path, "%s%s", db_path, suffix[i]);
     unlink(path);
   }
+}
+
+/* A fresh WAL database with chanlite loaded and the setup run, all without
+** faults. NULL if that failed (reported). */
+static sqlite3 *fresh(const Scenario *sc, int load_it) {
+  sqlite3 *db = 0;
+  char *err = 0;
+  remove_db_files();
   if (sqlite3_open(db_path, &db) != SQLITE_OK ||
       run_sql(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", 0) != SQLITE_OK ||
       (load_it && load(db, &err) != SQLITE_OK) ||
@@ -551,15 +556,8 @@ int main(int argc, char **argv) {
       }
     }
   }
-  {
-    const char *suffix[] = {"", "-wal", "-shm", "-journal", "-chanlite"};
-    char path[300];
-    for (i = 0; i < 5; i++) {
-      snprintf(path, sizeof path, "%s%s", db_path, suffix[i]);
-      unlink(path);
-    }
-    rmdir(dir);
-  }
+  remove_db_files();
+  rmdir(dir);
   printf("%s; %d known-limit failures (KNOWN lines above)\n",
          failures ? "FAILED" : "all passed", known_failures);
   return failures ? 1 : 0;
