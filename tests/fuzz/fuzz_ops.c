@@ -7,8 +7,8 @@
 ** g1, a pinned clock, and capacity and expiry settings. Operations: send,
 ** receive, recv_batch (reading all rows, or one and dropping the rest),
 ** group_add, group_discard, group_send, flush, trim, moving the clock,
-** changing capacity or expiry, BEGIN / COMMIT / ROLLBACK, and listing
-** chanlite_channels. The model knows which messages are queued, in what
+** changing capacity or expiry, BEGIN / COMMIT / ROLLBACK, listing
+** chanlite_channels, and channel_wait with no timeout. The model knows which messages are queued, in what
 ** order, and when each expires, so every result is checked exactly:
 **
 **   - a receive returns the oldest unexpired message of its channel (or of
@@ -23,9 +23,11 @@
 **     received, and the depth counters match the rows.
 ** Any difference aborts, which libFuzzer reports as a crash.
 */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "harness.h"
 
 #define MAX_MSGS 600
@@ -261,6 +263,19 @@ static void op_channels(sqlite3 *db) {
   sqlite3_finalize(s);
 }
 
+/* channel_wait with no timeout: 1 whenever a message can be received (it
+** may also say 1 for expired rows not yet removed). */
+static void op_wait(sqlite3 *db, uint8_t arg) {
+  int r = arg % N_RECV;
+  sqlite3_stmt *s;
+  if (!sqlite3_get_autocommit(db)) return; /* refused inside a transaction */
+  s = prepare(db, "SELECT channel_wait(?1, 0)");
+  sqlite3_bind_text(s, 1, names[r], -1, SQLITE_STATIC);
+  if (step_int(db, s, "channel_wait") != 1 && expected_head(r) >= 0) {
+    fail("channel_wait says nothing is queued in", names[r]);
+  }
+}
+
 static void set_clock(sqlite3 *db) {
   char sql[64];
   snprintf(sql, sizeof sql, "SELECT chanlite_clock(%.0f)", now);
@@ -292,13 +307,32 @@ static void op_transaction(sqlite3 *db, uint8_t arg) {
   }
 }
 
+static char db_path[64];
+
+static void remove_files(void) {
+  static const char *const suffix[] = {"", "-wal", "-shm", "-chanlite"};
+  char path[80];
+  int i;
+  for (i = 0; i < 4; i++) {
+    snprintf(path, sizeof path, "%s%s", db_path, suffix[i]);
+    unlink(path);
+  }
+}
+
 /* One connection for every input (opening one and creating the tables
 ** each time would take most of the time): each input starts from empty
-** tables and default settings. */
+** tables and default settings. A WAL database file, as in production, so
+** that recv_batch pops through its second connection and sends ring the
+** bell next to the file. */
 static sqlite3 *reset_db(void) {
   static sqlite3 *db;
   if (!db) {
-    db = fuzz_open();
+    snprintf(db_path, sizeof db_path, "%s/chanlite-fuzz-ops-%d.db",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (int)getpid());
+    remove_files();
+    atexit(remove_files);
+    db = fuzz_open_file(db_path);
+    exec_ok(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF");
     exec_ok(db, "SELECT channel_flush()"); /* creates the tables */
   }
   if (!sqlite3_get_autocommit(db)) exec_ok(db, "ROLLBACK");
@@ -319,7 +353,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   set_clock(db);
   while (in.n > 0 && ops++ < MAX_OPS) {
     uint8_t op = take_byte(&in), arg = take_byte(&in);
-    switch (op % 14) {
+    switch (op % 15) {
       case 0: case 1: op_send(db, arg); break;
       case 2: op_recv(db, arg); break;
       case 3: op_batch(db, arg); break;
@@ -340,7 +374,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       case 10: op_setting(db, 0, arg); break;
       case 11: op_setting(db, 1, arg); break;
       case 12: op_transaction(db, arg); break;
-      default: op_channels(db); break;
+      case 13: op_channels(db); break;
+      default: op_wait(db, arg); break;
     }
   }
   if (!sqlite3_get_autocommit(db)) exec_ok(db, "COMMIT");

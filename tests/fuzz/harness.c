@@ -30,9 +30,13 @@ static void die(const char *what, const char *detail) {
 }
 
 sqlite3 *fuzz_open(void) {
+  return fuzz_open_file(":memory:");
+}
+
+sqlite3 *fuzz_open_file(const char *path) {
   sqlite3 *db = 0;
   char *err = 0;
-  if (sqlite3_open(":memory:", &db) != SQLITE_OK) die("open", sqlite3_errmsg(db));
+  if (sqlite3_open(path, &db) != SQLITE_OK) die("open", sqlite3_errmsg(db));
   if (sqlite3_chanlite_init(db, &err, 0) != SQLITE_OK) die("chanlite_init", err);
   /* Bounded work per input: no statement runs for long. */
   sqlite3_limit(db, SQLITE_LIMIT_LENGTH, 1 << 22);

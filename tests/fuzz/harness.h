@@ -23,6 +23,7 @@ size_t take_bytes(Input *in, size_t max, const uint8_t **out);
 
 /* A fresh :memory: database with chanlite loaded (aborts if it cannot). */
 sqlite3 *fuzz_open(void);
+sqlite3 *fuzz_open_file(const char *path);  /* the same, on a file */
 void fuzz_close(sqlite3 *db);
 
 /* The invariants, aborting (so libFuzzer reports a crash) when broken:
