@@ -109,6 +109,32 @@ static const ChanliteFunction info_functions[] = {
   {"chanlite_debug", 0, 0, "chanlite_debug()", SQLITE_UTF8 | SQLITE_INNOCUOUS, fn_debug},
 };
 
+/* Undo a load that failed part way (out of memory, say): SQLite unloads the
+** library then, so nothing registered may stay behind pointing into it. A
+** function or module given no callbacks is deleted; the state goes last,
+** with its module. */
+static void unregister_all(sqlite3 *db) {
+  const struct { const ChanliteFunction *fns; int n; } sets[] = {
+    {info_functions, (int)(sizeof info_functions / sizeof info_functions[0])},
+    {chanlite_message_functions, chanlite_message_function_count},
+    {chanlite_group_functions, chanlite_group_function_count},
+    {chanlite_maintenance_functions, chanlite_maintenance_function_count},
+    {chanlite_config_functions, chanlite_config_function_count},
+    {chanlite_wake_functions, chanlite_wake_function_count},
+  };
+  static const char *const modules[] = {"channel_recv_batch", "chanlite_channels",
+                                        "chanlite_groups", "chanlite_statements"};
+  int i, j;
+  for (i = 0; i < (int)(sizeof sets / sizeof sets[0]); i++) {
+    for (j = 0; j < sets[i].n; j++) {
+      sqlite3_create_function_v2(db, sets[i].fns[j].name, -1, SQLITE_UTF8, 0, 0, 0, 0, 0);
+    }
+  }
+  for (i = 0; i < (int)(sizeof modules / sizeof modules[0]); i++) {
+    sqlite3_create_module_v2(db, modules[i], 0, 0, 0);
+  }
+}
+
 #ifdef _WIN32
 __declspec(dllexport)
 #else
@@ -116,13 +142,16 @@ __attribute__((visibility("default")))
 #endif
 int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api) {
   Chanlite *c = 0;
+  int rc;
   SQLITE_EXTENSION_INIT2(api);
   if (sqlite3_libversion_number() < CHANLITE_MIN_SQLITE) {
     *errmsg = sqlite3_mprintf("chanlite: needs SQLite %s or newer, this is %s",
                               CHANLITE_MIN_SQLITE_TEXT, sqlite3_libversion());
     return SQLITE_ERROR;
   }
-  return chanlite_attach(db, &c, errmsg);
+  rc = chanlite_attach(db, &c, errmsg);
+  if (rc != SQLITE_OK) unregister_all(db);
+  return rc;
 }
 
 int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {

@@ -24,16 +24,35 @@ static int run(Chanlite *c, int id) {
   return s ? chanlite_step_done(c, s) : c->err_code;
 }
 
-/* Roll back without touching the error being reported. */
+/* Roll back without touching the error being reported.
+**
+** An out-of-memory error inside a statement that SQLite runs while another
+** (here: the caller's SELECT chanlite_fn(...)) is running interrupts every
+** statement of the connection until that outer one ends, and ROLLBACK then
+** fails too. A statement that reads a table, stepped then, does end up
+** rolling the whole transaction back: SQLite does that to any reading
+** statement that fails with SQLITE_NOMEM and has no statement journal.
+** The schema check is such a statement, prepared by every call that gets
+** this far (unless the tables do not exist yet: then this does not work).
+** So the call's changes are undone, and with them, inside the caller's
+** transaction, the caller's: what SQLite does after SQLITE_NOMEM anyway. */
 static void undo(Chanlite *c) {
-  int saved = c->err_code;
+  int saved = c->err_code, rolled_back;
   char *msg = c->err;
   c->err_code = SQLITE_OK;
   c->err = 0;
   if (c->own_txn) {
-    run(c, CHANLITE_STMT_ROLLBACK);
-  } else if (run(c, CHANLITE_STMT_ROLLBACK_TO) == SQLITE_OK) {
-    run(c, CHANLITE_STMT_RELEASE);
+    rolled_back = run(c, CHANLITE_STMT_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(c->db);
+  } else {
+    rolled_back = run(c, CHANLITE_STMT_ROLLBACK_TO) == SQLITE_OK &&
+                  run(c, CHANLITE_STMT_RELEASE) == SQLITE_OK;
+  }
+  if (!rolled_back && !sqlite3_get_autocommit(c->db)) {
+    sqlite3_stmt *reader = c->stmt[CHANLITE_STMT_SCHEMA_CHECK];
+    if (reader) {
+      sqlite3_step(reader);
+      sqlite3_reset(reader);
+    }
   }
   chanlite_clear_error(c);
   c->err_code = saved;
@@ -82,8 +101,23 @@ static int ensure_schema(Chanlite *c, int *blank) {
   return chanlite_schema_verify(c);
 }
 
+/* The statements that end a call, prepared before it changes anything: an
+** out-of-memory error inside a statement that calls chanlite interrupts
+** every statement of the connection until that outer one ends, so one
+** that still had to be prepared then could not roll the call back. */
+static int prepare_endings(Chanlite *c) {
+  static const int ids[] = {CHANLITE_STMT_COMMIT, CHANLITE_STMT_ROLLBACK,
+                            CHANLITE_STMT_RELEASE, CHANLITE_STMT_ROLLBACK_TO};
+  int i;
+  for (i = 0; i < (int)(sizeof ids / sizeof ids[0]); i++) {
+    if (!chanlite_stmt(c, ids[i])) return c->err_code;
+  }
+  return SQLITE_OK;
+}
+
 static int begin_once(Chanlite *c, int *blank) {
-  int rc;
+  int rc = prepare_endings(c);
+  if (rc != SQLITE_OK) return rc;
   c->own_txn = sqlite3_get_autocommit(c->db);
   rc = run(c, c->own_txn ? CHANLITE_STMT_BEGIN_WRITE : CHANLITE_STMT_SAVEPOINT);
   if (rc != SQLITE_OK) return rc;

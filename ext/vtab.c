@@ -140,12 +140,10 @@ static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
 
 /* Messages popped but never read go back to their queue. Best effort in
 ** xClose, which cannot fail: a put-back that fails is logged. */
-static void batch_put_back(BatchCursor *cur) {
+static int put_back_once(BatchCursor *cur) {
   Chanlite *w = cur->worker;
   sqlite3_stmt *s;
-  int i, unread = 0, rc;
-  for (i = 0; i < cur->n; i++) unread += !cur->rows[i].read;
-  if (!w || unread == 0) return;
+  int i, rc;
   w->fn = "channel_recv_batch";
   rc = chanlite_begin(w);
   for (i = 0; i < cur->n && rc == SQLITE_OK; i++) {
@@ -167,7 +165,20 @@ static void batch_put_back(BatchCursor *cur) {
     if (rc == SQLITE_OK) rc = chanlite_uncount_put_back(w, p->channel, cur->n_queue);
   }
   w->sent = rc == SQLITE_OK; /* ring: they are back */
-  rc = chanlite_end(w, rc);
+  return chanlite_end(w, rc);
+}
+
+/* Tried twice: a transient failure (out of memory, say) must not lose them. */
+static void batch_put_back(BatchCursor *cur) {
+  Chanlite *w = cur->worker;
+  int i, unread = 0, rc;
+  for (i = 0; i < cur->n; i++) unread += !cur->rows[i].read;
+  if (!w || unread == 0) return;
+  rc = put_back_once(cur);
+  if (rc != SQLITE_OK) {
+    chanlite_clear_error(w);
+    rc = put_back_once(cur);
+  }
   if (rc != SQLITE_OK) {
     sqlite3_log(rc, "chanlite: channel_recv_batch could not put back %d unread "
                 "messages: %s", unread, w->err ? w->err : "error");
@@ -244,17 +255,24 @@ static int batch_max_arg(Chanlite *c, sqlite3_value *v, int *max) {
                                       : chanlite_type_name(sqlite3_value_type(v)));
 }
 
-/* A pragma's single value, or -1. */
-static sqlite3_int64 pragma_value(Chanlite *c, int id, char *text, int n) {
+/* A pragma's single value (and its text, if asked). Its failure fails the
+** batch: after running out of memory inside the caller's statement, every
+** later statement of this connection fails too, and carrying on would pop
+** messages that could then not be rolled back. */
+static int pragma_value(Chanlite *c, int id, sqlite3_int64 *v, char *text, int n) {
   sqlite3_stmt *s = chanlite_stmt(c, id);
-  sqlite3_int64 v = -1;
-  if (s && sqlite3_step(s) == SQLITE_ROW) {
-    v = sqlite3_column_int64(s, 0);
+  int rc;
+  if (!s) return c->err_code;
+  rc = sqlite3_step(s);
+  if (rc == SQLITE_ROW) {
+    *v = sqlite3_column_int64(s, 0);
     if (text) sqlite3_snprintf(n, text, "%s", (const char *)sqlite3_column_text(s, 0));
+    rc = SQLITE_OK;
+  } else {
+    chanlite_fail_sqlite(c, rc);
   }
-  if (s) sqlite3_reset(s);
-  chanlite_clear_error(c);
-  return v;
+  sqlite3_reset(s);
+  return rc;
 }
 
 /* The connection a batch pops through.
@@ -268,35 +286,40 @@ static sqlite3_int64 pragma_value(Chanlite *c, int id, char *text, int n) {
 ** caller's transaction it runs here, to join it; and without WAL (or without
 ** a file) here too, since a second connection could not commit past this
 ** one's read lock. */
-static Chanlite *batch_connection(Chanlite *c) {
+static int batch_connection(Chanlite *c, Chanlite **out) {
   char mode[16] = "";
   const char *file;
   sqlite3_vfs *vfs = 0;
   sqlite3 *db = 0;
   char *err = 0, *sql;
-  sqlite3_int64 timeout, level, limit, pages;
-  if (!sqlite3_get_autocommit(c->db)) return c;
+  sqlite3_int64 timeout = 0, level = -1, limit = -1, pages = -1;
+  int rc;
+  *out = c;
+  if (!sqlite3_get_autocommit(c->db)) return SQLITE_OK;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
-    pragma_value(c, CHANLITE_STMT_JOURNAL_MODE, mode, sizeof mode);
-    if (!file || !file[0] || sqlite3_stricmp(mode, "wal") != 0) return c;
+    rc = pragma_value(c, CHANLITE_STMT_JOURNAL_MODE, &level, mode, sizeof mode);
+    if (rc != SQLITE_OK) return rc;
+    if (!file || !file[0] || sqlite3_stricmp(mode, "wal") != 0) return SQLITE_OK;
+    rc = pragma_value(c, CHANLITE_STMT_SYNCHRONOUS, &level, 0, 0);
+    if (rc != SQLITE_OK) return rc;
     sqlite3_file_control(c->db, "main", SQLITE_FCNTL_VFS_POINTER, &vfs);
     if (sqlite3_open_v2(file, &db, SQLITE_OPEN_READWRITE, vfs ? vfs->zName : 0) != SQLITE_OK ||
         chanlite_attach(db, &c->side, &err) != SQLITE_OK) {
       sqlite3_free(err);
       sqlite3_close_v2(db);
       c->side = 0;
-      return c;
+      return SQLITE_OK;
     }
     /* Commit as durably as the caller's connection does, no more: SQLite's
     ** default (FULL) would fsync the WAL on every batch. */
-    level = pragma_value(c, CHANLITE_STMT_SYNCHRONOUS, 0, 0);
-    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.synchronous=%lld", level) : 0;
+    sql = sqlite3_mprintf("PRAGMA main.synchronous=%lld", level);
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
     /* Batches write much of the WAL, so this connection is often the one
     ** that restarts it: let it truncate the file then (ext/disk.c). */
-    limit = pragma_value(c, CHANLITE_STMT_JOURNAL_SIZE_LIMIT, 0, 0);
+    rc = pragma_value(c, CHANLITE_STMT_JOURNAL_SIZE_LIMIT, &limit, 0, 0);
+    if (rc != SQLITE_OK) return rc;
     sql = sqlite3_mprintf("PRAGMA main.journal_size_limit=%lld",
                           limit >= 0 ? limit : (sqlite3_int64)CHANLITE_JOURNAL_SIZE_LIMIT);
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
@@ -304,19 +327,22 @@ static Chanlite *batch_connection(Chanlite *c) {
     c->side->autocheckpoint = SIDE_DEFAULT_AUTOCHECKPOINT;
     chanlite_disk_watch_side(c->side);
   }
-  timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
+  rc = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, &timeout, 0, 0);
+  if (rc != SQLITE_OK) return rc;
   sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
   /* Checkpoint when the caller's connection would: a caller that leaves
   ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
   ** run on its own thread by the batch's commit. The second connection's
   ** WAL hook (ext/disk.c) reads this; sqlite3_wal_autocheckpoint() would
   ** replace that hook. */
-  pages = pragma_value(c, CHANLITE_STMT_WAL_AUTOCHECKPOINT, 0, 0);
+  rc = pragma_value(c, CHANLITE_STMT_WAL_AUTOCHECKPOINT, &pages, 0, 0);
+  if (rc != SQLITE_OK) return rc;
   if (pages >= 0) c->side->autocheckpoint = pages > INT_MAX ? INT_MAX : (int)pages;
   c->side->clock_pinned = c->clock_pinned;
   c->side->clock = c->clock;
   c->side->fn = c->fn;
-  return c->side;
+  *out = c->side;
+  return SQLITE_OK;
 }
 
 static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
@@ -349,7 +375,8 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   rc = chanlite_channel_arg(c, argv[0], &ch);
   if (rc == SQLITE_OK) rc = batch_max_arg(c, argv[1], &max);
   if (rc != SQLITE_OK) return vtab_error(c, base->pVtab);
-  w = batch_connection(c);
+  rc = batch_connection(c, &w);
+  if (rc != SQLITE_OK) return vtab_error(c, base->pVtab);
   cur->worker = w;
   cur->n_queue = ch.n_queue;
   rc = chanlite_peek(w, &ch, &found);
@@ -383,29 +410,55 @@ static int batch_eof(sqlite3_vtab_cursor *cur) {
   return ((BatchCursor *)cur)->i >= ((BatchCursor *)cur)->n;
 }
 
+/* Hand ctx its own copy of a value. Allocated here, and then given away
+** (no copy by SQLite), so that running out of memory is seen: the row is
+** then not marked read, and goes back to its queue. sqlite3_result_value()
+** would fail silently as far as this code can tell. */
+static int result_copy(sqlite3_context *ctx, int type, const void *z, int n) {
+  char *copy;
+  if (n == 0) {
+    if (type == SQLITE_TEXT) sqlite3_result_text(ctx, "", 0, SQLITE_STATIC);
+    else sqlite3_result_zeroblob(ctx, 0);
+    return SQLITE_OK;
+  }
+  copy = sqlite3_malloc(n + 1);
+  if (!copy) return SQLITE_NOMEM;
+  memcpy(copy, z, (size_t)n);
+  copy[n] = 0;
+  if (type == SQLITE_TEXT) sqlite3_result_text(ctx, copy, n, sqlite3_free);
+  else sqlite3_result_blob(ctx, copy, n, sqlite3_free);
+  return SQLITE_OK;
+}
+
 static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col) {
   BatchCursor *cur = (BatchCursor *)base;
   Popped *p = &cur->rows[cur->i];
+  int rc = SQLITE_OK;
   if (col == BATCH_COL_CHANNEL) {
-    sqlite3_result_text(ctx, p->channel, -1, SQLITE_TRANSIENT);
+    rc = result_copy(ctx, SQLITE_TEXT, p->channel, (int)strlen(p->channel));
   } else if (col == BATCH_COL_MESSAGE) {
     /* Popped through the other connection, it may be longer than this one
     ** takes: SQLite would refuse it after it counted as read, and lose it. */
     int limit = sqlite3_limit(sqlite3_context_db_handle(ctx), SQLITE_LIMIT_LENGTH, -1);
+    int type = sqlite3_value_type(p->body);
     if (sqlite3_value_bytes(p->body) > limit) {
       sqlite3_free(base->pVtab->zErrMsg);
       base->pVtab->zErrMsg = sqlite3_mprintf(
           "chanlite: channel_recv_batch(): a message of %d bytes is longer than this "
           "connection's length limit (SQLITE_LIMIT_LENGTH, %d bytes): it stays queued",
           sqlite3_value_bytes(p->body), limit);
-      return SQLITE_TOOBIG;
+      rc = SQLITE_TOOBIG;
+    } else {
+      rc = result_copy(ctx, type, sqlite3_value_blob(p->body), sqlite3_value_bytes(p->body));
+      if (rc == SQLITE_OK) p->read = 1;
     }
-    sqlite3_result_value(ctx, p->body);
-    p->read = 1;
   } else if (col == BATCH_COL_EXPIRES_AT) {
     sqlite3_result_double(ctx, p->expires_at);
   }
-  return SQLITE_OK;
+  /* A failed column fails the statement before this row reaches the
+  ** caller, even if its message column was read already. */
+  if (rc != SQLITE_OK) p->read = 0;
+  return rc;
 }
 
 static int batch_rowid(sqlite3_vtab_cursor *cur, sqlite3_int64 *rowid) {

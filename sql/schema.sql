@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS main.chanlite_capacity(
   capacity INTEGER NOT NULL
 );
 
+-- Keep this table last: the schema check (transaction.sql) looks for it.
 -- Dead letters: messages that expired unread or that a full channel refused
 -- (reason 'expired' or 'full'), kept only while the `dead_letters` setting
 -- (the most rows kept) is above 0. `channel` is the full channel name;

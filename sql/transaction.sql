@@ -24,10 +24,14 @@ RELEASE chanlite
 ROLLBACK TO chanlite
 
 -- Do the chanlite tables exist? Fails to prepare ("no such table") if not.
+-- It also reads a table, which undo() in ext/transaction.c relies on.
 -- Run inside the transaction, it also checks the schema cookie, so tables
 -- another connection created or dropped are seen. chanlite_dead is the
 -- newest table: a database made by an older chanlite lacks it, and is
--- upgraded (ext/stats.c).
+-- upgraded (ext/stats.c). It is also the table schema.sql creates last, so
+-- tables half made (the first call ran out of memory inside the caller's
+-- transaction, and the caller committed) are completed by running
+-- schema.sql again.
 -- name: schema_check
 SELECT 1 FROM main.chanlite_message, main.chanlite_dead WHERE 0
 

@@ -2,8 +2,8 @@
 # Installs what is missing, builds chanlite, and runs every test:
 # the SQL tests, C tests, wake-up race and benchmark smoke run (meson test),
 # the same suite under AddressSanitizer+UndefinedBehaviorSanitizer and under
-# valgrind, and the Python, Django and browser tests. Exits non-zero on any
-# failure.
+# valgrind, each libFuzzer target for 20 s, and the Python, Django and
+# browser tests. Exits non-zero on any failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -14,7 +14,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Debian packages: compiler, SQLite headers and shell, cmocka, valgrind, and
 # chromium for the browser test of the chat demo (driven by playwright from
 # PyPI, which uses this chromium and never downloads one).
-debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium)
+# clang and its runtimes build the libFuzzer targets (tests/fuzz.sh).
+debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,6 +40,9 @@ meson test -C build --print-errorlogs
 
 echo "== sanitizers and valgrind"
 tests/sanitize.sh
+
+echo "== fuzz (each target briefly)"
+tests/fuzz.sh
 
 if [ -d tests/python ]; then
   echo "== python"

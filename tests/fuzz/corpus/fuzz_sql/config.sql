@@ -1,0 +1,1 @@
+SELECT chanlite_config('capacity', 1), chanlite_capacity('a*', 0), chanlite_capacity('a*', NULL), chanlite_config('expiry', 0.5), chanlite_config('group_expiry'); SELECT group_add('g', 'a!'), group_send('g', 'm'), group_discard('g', 'a!'), channel_trim(), channel_flush();

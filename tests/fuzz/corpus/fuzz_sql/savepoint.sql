@@ -1,0 +1,1 @@
+BEGIN; SELECT channel_send('p!x', 'a'); SAVEPOINT s; SELECT * FROM channel_recv_batch('p!', 5); ROLLBACK TO s; SELECT channel, message FROM channel_recv_batch('p!', 5) LIMIT 1; COMMIT; SELECT * FROM chanlite_channels;

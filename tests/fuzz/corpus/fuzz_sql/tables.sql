@@ -1,0 +1,1 @@
+SELECT * FROM chanlite_statements; SELECT * FROM chanlite_groups; SELECT chanlite_debug(), chanlite_version(), chanlite_now(), chanlite_bell_path(); SELECT * FROM channel_recv_batch('a', 1, 2); SELECT * FROM channel_recv_batch('a') ORDER BY 1;
