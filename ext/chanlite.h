@@ -49,8 +49,13 @@ struct Chanlite {
   Chanlite *side;      /* a second connection for channel_recv_batch (vtab.c) */
   int sent;            /* this call stored a message: ring on commit (wake.c) */
   int ring_on_commit;  /* a send joined the caller's transaction (wake.c) */
-  int wal_hooked;      /* our WAL hook is installed (wake.c) */
+  int wal_hooked;      /* our WAL hook was installed (wake.c) */
   int autocheckpoint;  /* what SQLite's own WAL hook would checkpoint at */
+  int batch_side;      /* this is a Chanlite's `side`: keeps its own WAL hook */
+  int next_restart;    /* WAL frames at which to try a restart again (disk.c) */
+  int restart_failures; /* restarts given up in a row, for the backoff (disk.c) */
+  int wal_frames;      /* the WAL's size at this batch connection's last commit */
+  double restart_deadline; /* when a restart's wait ends (disk.c) */
   int bell_fd;         /* the bell, open for ringing; -1 not yet, -2 cannot */
   int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
   int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
@@ -136,9 +141,14 @@ int chanlite_disk_reclaim(Chanlite *c);
 int chanlite_disk_reclaim_all(Chanlite *c);
 void chanlite_disk_watch_side(Chanlite *side);
 void chanlite_disk_finish_checkpoint(Chanlite *side);
+void chanlite_disk_checkpoint(Chanlite *c, sqlite3 *db, const char *zDb, int frames);
+void chanlite_disk_between_batches(Chanlite *c);
 
 /* wake.c */
+void chanlite_watch_commit(Chanlite *c);
 void chanlite_after_commit(Chanlite *c, int own_txn);
+void chanlite_unwatch_commits(Chanlite *c);
+double chanlite_monotonic(void);
 void chanlite_wake_close(Chanlite *c);
 /* Registration: each concern registers its own SQL functions and modules. */
 typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc,

@@ -23,6 +23,8 @@
 ** The file shrinks when the WAL is checkpointed (SQLite's auto-checkpoint
 ** does it): until then the WAL holds the smaller database.
 */
+#define _POSIX_C_SOURCE 200809L
+#include <time.h>
 #include "chanlite.h"
 
 /* Free space kept for the next burst, so that steady traffic neither
@@ -150,6 +152,7 @@ int chanlite_disk_reclaim(Chanlite *c) {
 static int side_wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
   Chanlite *c = arg;
   int log = 0, copied = 0;
+  c->wal_frames = frames;
   /* c->autocheckpoint: the caller's wal_autocheckpoint (ext/vtab.c). */
   if (c->autocheckpoint > 0 && frames >= c->autocheckpoint) {
     sqlite3_wal_checkpoint_v2(db, zDb, SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
@@ -159,6 +162,7 @@ static int side_wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
 }
 
 void chanlite_disk_watch_side(Chanlite *side) {
+  side->batch_side = 1;
   sqlite3_wal_hook(side->db, side_wal_hook, side);
 }
 
@@ -167,4 +171,117 @@ void chanlite_disk_finish_checkpoint(Chanlite *side) {
   if (!side->checkpoint_due) return;
   sqlite3_wal_checkpoint_v2(side->db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
   side->checkpoint_due = copied < log;
+}
+
+/* Checkpoint starvation. A checkpoint copies the WAL back only up to the
+** oldest snapshot in use, and the WAL starts over only when a writer begins
+** while all of it is copied and no reader uses it. Under constantly
+** overlapping short readers and writers (a burst, with receivers waiting on
+** it) that moment never comes, and SQLite's passive auto-checkpoints let the
+** WAL grow by all that is written (630 MB in bench/disk/run.py's burst).
+**
+** So once the WAL is RESTART_FACTOR times the auto-checkpoint size, the
+** connection whose commit finds it so (in its WAL hook, ext/wake.c, right
+** after that commit) runs a RESTART checkpoint instead of a passive one: it
+** takes the write lock, copies the rest, and waits for the readers of older
+** snapshots to finish (new ones read the database file), so that the next
+** write starts the WAL over. It waits RESTART_WAIT_MS at most, and never
+** longer than the connection's own busy timeout: its busy handler is
+** swapped for one with that deadline, and put back after. Best effort:
+**
+** - a checkpoint already running elsewhere (which no busy handler waits
+**   for) is not waited for; the next commit tries again;
+** - one that cannot finish in time (a long read transaction somewhere) is
+**   given up, and this connection tries again once the WAL has grown by
+**   another auto-checkpoint size, then twice, then four times that
+**   (RESTART_MAX_BACKOFF doublings): each attempt holds the write lock
+**   while it waits, and attempts that kept failing every 4 MB took a
+**   quarter of the write lock's time in bench/disk/run.py, starving
+**   receivers past their 5 s busy timeout; at most one attempt per call;
+** - never on the batch connection (its caller's statement holds a snapshot
+**   that the checkpoint would wait for in vain: chanlite_disk_between_batches
+**   tries from the caller's connection instead), nor on a connection whose
+**   busy handler chanlite cannot put back: one without a busy timeout may
+**   have a handler of its own, which SQLite gives no way to read.
+*/
+#define RESTART_FACTOR 4
+#define RESTART_MAX_BACKOFF 2
+#define RESTART_WAIT_MS 5
+#define RESTART_POLL_NS 100000L /* readers in a burst hold a snapshot well under 1 ms */
+
+enum { RESTARTED, CHECKPOINT_ELSEWHERE, RESTART_GAVE_UP };
+
+/* The busy handler while a restart waits: short sleeps until the deadline. */
+static int restart_busy(void *arg, int count) {
+  Chanlite *c = arg;
+  struct timespec ts = {0, RESTART_POLL_NS};
+  (void)count;
+  if (chanlite_monotonic() >= c->restart_deadline) return 0;
+  nanosleep(&ts, 0);
+  return 1;
+}
+
+static int restart_wal(Chanlite *c, sqlite3 *db, const char *zDb) {
+  sqlite3_int64 timeout = 0;
+  int wait_ms, rc, log = -1, copied = -1;
+  if (pragma_int(c, CHANLITE_STMT_BUSY_TIMEOUT, &timeout) != SQLITE_OK || timeout <= 0 ||
+      timeout > 0x7fffffff) {
+    chanlite_clear_error(c);
+    return RESTART_GAVE_UP;
+  }
+  wait_ms = timeout < RESTART_WAIT_MS ? (int)timeout : RESTART_WAIT_MS;
+  c->restart_deadline = chanlite_monotonic() + wait_ms / 1000.0;
+  sqlite3_busy_handler(db, restart_busy, c);
+  rc = sqlite3_wal_checkpoint_v2(db, zDb, SQLITE_CHECKPOINT_RESTART, &log, &copied);
+  sqlite3_busy_timeout(db, (int)timeout);
+  if (rc == SQLITE_OK) return RESTARTED;
+  /* No log size: it never began, for want of the checkpoint lock. */
+  return rc == SQLITE_BUSY && log < 0 ? CHECKPOINT_ELSEWHERE : RESTART_GAVE_UP;
+}
+
+/* Whether the WAL is large enough for a restart, and this connection due to
+** try one; if so, tries. */
+static int restart_if_due(Chanlite *c, sqlite3 *db, const char *zDb, int frames, int every) {
+  int outcome;
+  if (frames < RESTART_FACTOR * every) {
+    c->next_restart = 0;
+    c->restart_failures = 0;
+    return 0;
+  }
+  if (frames < c->next_restart) return 0;
+  outcome = restart_wal(c, db, zDb);
+  if (outcome == RESTARTED) {
+    c->next_restart = 0;
+    c->restart_failures = 0;
+  } else if (outcome == CHECKPOINT_ELSEWHERE) {
+    c->next_restart = frames + 1;
+  } else {
+    c->next_restart = frames + (every << c->restart_failures);
+    if (c->restart_failures < RESTART_MAX_BACKOFF) c->restart_failures++;
+  }
+  return 1;
+}
+
+void chanlite_disk_checkpoint(Chanlite *c, sqlite3 *db, const char *zDb, int frames) {
+  int every = c->autocheckpoint;
+  if (every <= 0 || frames < every) return;
+  if (!restart_if_due(c, db, zDb, frames, every)) {
+    sqlite3_wal_checkpoint(db, zDb); /* what SQLite's default hook does */
+  }
+}
+
+/* A receiver that drains by batches holds a snapshot through each batch, so
+** while a burst keeps it busy, every restart waits for it in vain (and the
+** batch connection waits for the write lock that the restart holds). Its
+** own connection, between batches, holds none: channel_wait, which a
+** receiver calls between batches, tries the restart that the batch
+** connection's last commit found due. */
+void chanlite_disk_between_batches(Chanlite *c) {
+  int frames, every;
+  if (!c->side) return;
+  every = c->side->autocheckpoint;  /* the caller's, as the batch last saw it */
+  if (every <= 0 || c->side->wal_frames < RESTART_FACTOR * every) return;
+  frames = c->side->wal_frames;
+  c->side->wal_frames = 0;
+  restart_if_due(c, c->db, "main", frames, every);
 }

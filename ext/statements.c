@@ -196,6 +196,7 @@ static void chanlite_free(void *p) {
   Chanlite *c = p;
   if (c->anchored) {
     c->orphaned = 1;
+    chanlite_unwatch_commits(c); /* the connection is open: it may still commit */
     return;
   }
   chanlite_wake_close(c);

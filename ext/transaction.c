@@ -147,10 +147,15 @@ int chanlite_end(Chanlite *c, int rc) {
   c->removed = 0;
   c->removed_bytes = 0;
   if (rc == SQLITE_OK) {
+    chanlite_watch_commit(c);
     rc = run(c, c->own_txn ? CHANLITE_STMT_COMMIT : CHANLITE_STMT_RELEASE);
   }
-  if (rc != SQLITE_OK) undo(c);
-  else if (c->sent) chanlite_after_commit(c, c->own_txn);
+  if (rc != SQLITE_OK) {
+    if (c->own_txn) c->ring_on_commit = 0;
+    undo(c);
+  } else if (c->sent) {
+    chanlite_after_commit(c, c->own_txn);
+  }
   c->sent = 0;
   return rc;
 }

@@ -337,6 +337,9 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
   ** replace that hook. */
   rc = pragma_value(c, CHANLITE_STMT_WAL_AUTOCHECKPOINT, &pages, 0, 0);
   if (rc != SQLITE_OK) return rc;
+  /* The pragma says 0 while chanlite's own WAL hook stands in for SQLite's
+  ** (ext/wake.c); that hook checkpoints at what the pragma said before. */
+  if (pages == 0 && c->wal_hooked) pages = c->autocheckpoint;
   if (pages >= 0) c->side->autocheckpoint = pages > INT_MAX ? INT_MAX : (int)pages;
   c->side->clock_pinned = c->clock_pinned;
   c->side->clock = c->clock;

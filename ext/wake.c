@@ -11,11 +11,12 @@
 ** event loop can poll, so one descriptor serves every receiver of a process)
 ** and looks at the queue each time it rings.
 **
-** Never before the commit: a send outside a transaction rings right after its
-** own COMMIT; a send inside the caller's transaction rings from a WAL hook,
-** which SQLite calls once the caller's commit is in the WAL and visible.
-** (SQLite keeps one WAL hook per connection and uses it for auto-checkpoints:
-** ours checkpoints at the same size the replaced one would have.)
+** Never before the commit: a send rings from a WAL hook, which SQLite calls
+** once the commit (the call's own, or the caller's for a send inside the
+** caller's transaction) is in the WAL and visible; without WAL, right after
+** its own COMMIT. (SQLite keeps one WAL hook per connection and uses it for
+** auto-checkpoints: ours checkpoints at the same size the replaced one
+** would have, and keeps the WAL bounded when checkpoints starve: ext/disk.c.)
 ** Never sleeping through one: a waiter arms its watch, drains it, then looks,
 ** then waits; a commit between the look and the wait leaves an event behind.
 **
@@ -69,25 +70,56 @@ static int wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
     c->ring_on_commit = 0;
     ring(c);
   }
-  if (c->autocheckpoint > 0 && frames >= c->autocheckpoint) {
-    sqlite3_wal_checkpoint(db, zDb); /* what SQLite's default hook does */
-  }
+  /* After the ring: a checkpoint that waits must not delay the wake-up. */
+  chanlite_disk_checkpoint(c, db, zDb, frames);
   return SQLITE_OK;
 }
 
-void chanlite_after_commit(Chanlite *c, int own_txn) {
+/* Before a call commits. Our WAL hook sees every commit of the connection
+** from then on (the call's own, or the caller's for a call inside the
+** caller's transaction): it rings for a send, and it checkpoints (ext/disk.c).
+** Installed again by every write call, since PRAGMA wal_autocheckpoint
+** replaces it. What it replaces is SQLite's default hook, whose argument is
+** the auto-checkpoint size, or none (size 0). The second connection of
+** channel_recv_batch keeps a hook of its own (ext/disk.c) and rings after
+** its commits. */
+void chanlite_watch_commit(Chanlite *c) {
   void *prev;
-  if (own_txn) {
-    ring(c);
-    return;
-  }
-  c->ring_on_commit = 1;
-  /* Installed again by every send in a transaction, since PRAGMA
-  ** wal_autocheckpoint replaces it. What it replaces is SQLite's default
-  ** hook, whose argument is the auto-checkpoint size, or none (size 0). */
+  if (c->sent) c->ring_on_commit = 1;
+  if (c->batch_side) return;
   prev = sqlite3_wal_hook(c->db, wal_hook, c);
   if (prev != c) {
     c->autocheckpoint = (uintptr_t)prev <= 1000000000u ? (int)(uintptr_t)prev : 0;
+    c->wal_hooked = 1;
+  }
+}
+
+/* A call's own commit rang from the WAL hook, unless there was none (not
+** in WAL mode, or the batch connection): then it rings here. A send inside
+** the caller's transaction rings at the caller's commit, in WAL mode. */
+void chanlite_after_commit(Chanlite *c, int own_txn) {
+  if (own_txn && c->ring_on_commit) {
+    c->ring_on_commit = 0;
+    ring(c);
+  }
+}
+
+/* Before the state is freed while the connection stays open (the extension
+** loaded again into it): a hook left behind would call into freed memory.
+** Puts back the auto-checkpoint that ours stood in for. */
+void chanlite_unwatch_commits(Chanlite *c) {
+  void *prev;
+  if (!c->wal_hooked) return;
+  c->wal_hooked = 0;
+  prev = sqlite3_wal_hook(c->db, 0, 0);
+  if (prev == c) {
+    sqlite3_wal_autocheckpoint(c->db, c->autocheckpoint);
+  } else if ((uintptr_t)prev <= 1000000000u) {
+    sqlite3_wal_autocheckpoint(c->db, (int)(uintptr_t)prev); /* SQLite's own: keep it */
+  } else {
+    /* Someone else's hook, whose function is unknown here: it is lost. */
+    sqlite3_log(SQLITE_WARNING, "chanlite: a WAL hook installed after chanlite's was removed "
+                "when chanlite was loaded again");
   }
 }
 
@@ -124,7 +156,7 @@ static void drain(int fd) {
   while (read(fd, buf, sizeof buf) > 0) {}
 }
 
-static double monotonic(void) {
+double chanlite_monotonic(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -179,13 +211,14 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
     chanlite_report(c, ctx);
     return;
   }
+  chanlite_disk_between_batches(c);
   /* Looks at the queue first, then only when the bell rings: a ring that
   ** never comes shows as a timeout, not as a late delivery that hides it. */
-  deadline = monotonic() + timeout;
+  deadline = chanlite_monotonic() + timeout;
   fd = watch(c);
   if (fd >= 0) drain(fd);
   rc = chanlite_peek(c, &ch, &found);
-  while (rc == SQLITE_OK && !found && (left = deadline - monotonic()) > 0) {
+  while (rc == SQLITE_OK && !found && (left = deadline - chanlite_monotonic()) > 0) {
     if (fd >= 0) {
       /* A second at a time, to notice sqlite3_interrupt(). */
       struct pollfd p = {fd, POLLIN, 0};
