@@ -305,7 +305,7 @@ static Chanlite *batch_connection(Chanlite *c) {
     chanlite_disk_watch_side(c->side);
   }
   timeout = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, 0, 0);
-  sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
+  chanlite_busy_wait(c->side, timeout > 0 && timeout < INT_MAX ? (int)timeout : 0);
   /* Checkpoint when the caller's connection would: a caller that leaves
   ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
   ** run on its own thread by the batch's commit. The second connection's
