@@ -373,7 +373,15 @@ class _Queue:
                         waiting.remove(waiter)
                     if not waiting:
                         self.waiters.pop(channel, None)
-                    if self.task is not None and self._demand() == 0:
+                    # For a prefix! queue, _demand() scans every channel, and
+                    # each of a fan-out's members passes here: look only when
+                    # this channel stopped being hungry (its last waiter left
+                    # an empty buffer), the one way leaving can end demand.
+                    if (
+                        self.task is not None
+                        and (not self.local or (not waiting and not self.buffers.get(channel)))
+                        and self._demand() == 0
+                    ):
                         self._kick()  # a waiting receiver stops: nobody needs it
                     self.layer._forget_if_idle(self)
 
