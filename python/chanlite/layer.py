@@ -72,6 +72,10 @@ T = TypeVar("T")
 
 #: Most messages one receiver pops from SQLite in one call.
 BATCH = 100
+#: ... for a prefix! queue whose channels are hungry, one each: a group_send
+#: to a process's many members is then popped in one transaction, not one
+#: per 100 (each of which waits for the write lock again).
+LOCAL_BATCH_MAX = 1000
 #: Poll intervals where the bell cannot be watched (see _Queue.wait_for_messages).
 POLL_MIN = 0.001
 POLL_MAX = 0.05
@@ -425,8 +429,8 @@ class _Queue:
     def _demand(self) -> int:
         """How many messages to pop now (lock held)."""
         if self.local:
-            hungry = any(not self.buffers.get(ch) for ch in self.waiters)
-            return BATCH if hungry else 0
+            hungry = sum(1 for ch in self.waiters if not self.buffers.get(ch))
+            return min(LOCAL_BATCH_MAX, max(BATCH, hungry)) if hungry else 0
         waiting = len(self.waiters.get(self.name, ()))
         return min(BATCH, max(0, waiting - len(self.buffers.get(self.name, ()))))
 
