@@ -294,6 +294,15 @@ static Chanlite *batch_connection(Chanlite *c) {
     sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.synchronous=%lld", level) : 0;
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
+    /* Erase what a pop deletes as the caller's connection would: where
+    ** SQLite is built with SECURE_DELETE (Debian's is), ON would also write
+    ** zeros over every overflow page of a large message, doubling what a
+    ** pop writes; a caller that chose FAST or OFF chose otherwise. */
+    level = pragma_value(c, CHANLITE_STMT_SECURE_DELETE, 0, 0);
+    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.secure_delete=%s",
+                                       level == 2 ? "FAST" : level ? "ON" : "OFF") : 0;
+    if (sql) sqlite3_exec(db, sql, 0, 0, 0);
+    sqlite3_free(sql);
     /* Batches write much of the WAL, so this connection is often the one
     ** that restarts it: let it truncate the file then (ext/disk.c). */
     limit = pragma_value(c, CHANLITE_STMT_JOURNAL_SIZE_LIMIT, 0, 0);

@@ -872,6 +872,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
                 self._use_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Where SQLite is built with SECURE_DELETE (Debian's is), ON
+                # also zeroes every overflow page of each popped large message:
+                # 10 KB messages then wrote 56 KiB each instead of 45, for 20%
+                # more CPU. FAST zeroes what it can without writing more.
+                conn.execute("PRAGMA secure_delete=FAST")
                 conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
             except BaseException:
                 conn.close()
@@ -1068,6 +1073,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         try:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA secure_delete=FAST")
             conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
         except BaseException:
             conn.close()
