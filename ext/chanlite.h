@@ -65,6 +65,8 @@ struct Chanlite {
   sqlite3_int64 removed_bytes; /* their bodies' size, where known */
   int page_size;       /* the database's, read once; 0 not yet (disk.c) */
   int checkpoint_due;  /* a batch connection's checkpoint is unfinished (disk.c) */
+  int busy_timeout_ms; /* chanlite's busy handler: how long it waits (transaction.c) */
+  sqlite3_int64 busy_slept_us; /* and how long it has slept for the current lock */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -101,6 +103,7 @@ int chanlite_begin(Chanlite *c);
 int chanlite_end(Chanlite *c, int rc);
 int chanlite_schema_missing(Chanlite *c);
 int chanlite_has_tables(Chanlite *c);
+void chanlite_busy_wait(Chanlite *c, int timeout_ms);
 
 /* schema.c */
 int chanlite_schema_verify(Chanlite *c);

@@ -316,6 +316,16 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
     sql = sqlite3_mprintf("PRAGMA main.synchronous=%lld", level);
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
+    /* Erase what a pop deletes as the caller's connection would: where
+    ** SQLite is built with SECURE_DELETE (Debian's is), ON would also write
+    ** zeros over every overflow page of a large message, doubling what a
+    ** pop writes; a caller that chose FAST or OFF chose otherwise. */
+    rc = pragma_value(c, CHANLITE_STMT_SECURE_DELETE, &level, 0, 0);
+    if (rc != SQLITE_OK) return rc;
+    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.secure_delete=%s",
+                                       level == 2 ? "FAST" : level ? "ON" : "OFF") : 0;
+    if (sql) sqlite3_exec(db, sql, 0, 0, 0);
+    sqlite3_free(sql);
     /* Batches write much of the WAL, so this connection is often the one
     ** that restarts it: let it truncate the file then (ext/disk.c). */
     rc = pragma_value(c, CHANLITE_STMT_JOURNAL_SIZE_LIMIT, &limit, 0, 0);
@@ -329,7 +339,7 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
   }
   rc = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, &timeout, 0, 0);
   if (rc != SQLITE_OK) return rc;
-  sqlite3_busy_timeout(c->side->db, timeout > 0 ? (int)timeout : 0);
+  chanlite_busy_wait(c->side, timeout > 0 && timeout < INT_MAX ? (int)timeout : 0);
   /* Checkpoint when the caller's connection would: a caller that leaves
   ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
   ** run on its own thread by the batch's commit. The second connection's

@@ -55,6 +55,9 @@ PRAGMA busy_timeout
 -- name: synchronous
 PRAGMA main.synchronous
 
+-- name: secure_delete
+PRAGMA main.secure_delete
+
 -- name: wal_autocheckpoint
 PRAGMA wal_autocheckpoint
 

@@ -72,6 +72,10 @@ T = TypeVar("T")
 
 #: Most messages one receiver pops from SQLite in one call.
 BATCH = 100
+#: ... for a prefix! queue whose channels are hungry, one each: a group_send
+#: to a process's many members is then popped in one transaction, not one
+#: per 100 (each of which waits for the write lock again).
+LOCAL_BATCH_MAX = 1000
 #: Poll intervals where the bell cannot be watched (see _Queue.wait_for_messages).
 POLL_MIN = 0.001
 POLL_MAX = 0.05
@@ -373,7 +377,15 @@ class _Queue:
                         waiting.remove(waiter)
                     if not waiting:
                         self.waiters.pop(channel, None)
-                    if self.task is not None and self._demand() == 0:
+                    # For a prefix! queue, _demand() scans every channel, and
+                    # each of a fan-out's members passes here: look only when
+                    # this channel stopped being hungry (its last waiter left
+                    # an empty buffer), the one way leaving can end demand.
+                    if (
+                        self.task is not None
+                        and (not self.local or (not waiting and not self.buffers.get(channel)))
+                        and self._demand() == 0
+                    ):
                         self._kick()  # a waiting receiver stops: nobody needs it
                     self.layer._forget_if_idle(self)
 
@@ -417,8 +429,8 @@ class _Queue:
     def _demand(self) -> int:
         """How many messages to pop now (lock held)."""
         if self.local:
-            hungry = any(not self.buffers.get(ch) for ch in self.waiters)
-            return BATCH if hungry else 0
+            hungry = sum(1 for ch in self.waiters if not self.buffers.get(ch))
+            return min(LOCAL_BATCH_MAX, max(BATCH, hungry)) if hungry else 0
         waiting = len(self.waiters.get(self.name, ()))
         return min(BATCH, max(0, waiting - len(self.buffers.get(self.name, ()))))
 
@@ -860,6 +872,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
                 self._use_wal(conn)
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # Where SQLite is built with SECURE_DELETE (Debian's is), ON
+                # also zeroes every overflow page of each popped large message:
+                # 10 KB messages then wrote 56 KiB each instead of 45, for 20%
+                # more CPU. FAST zeroes what it can without writing more.
+                conn.execute("PRAGMA secure_delete=FAST")
                 conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
             except BaseException:
                 conn.close()
@@ -1056,6 +1073,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         try:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA secure_delete=FAST")
             conn.execute(f"PRAGMA journal_size_limit={chanlite.JOURNAL_SIZE_LIMIT}")
         except BaseException:
             conn.close()
