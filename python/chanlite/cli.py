@@ -295,7 +295,7 @@ def _status(
     return EXIT_OK
 
 
-def _totals(conn: sqlite3.Connection) -> monitor.StatsRow | None:
+def _totals(conn: sqlite3.Connection) -> monitor.ChannelStats | None:
     try:
         rows = monitor.stats(conn)
     except monitor.NotAvailable:
@@ -313,7 +313,7 @@ def _top(
     if args.interval <= 0:
         raise Usage("--interval must be positive")
     redraw = not args.json and out.isatty()
-    before: tuple[float, monitor.StatsRow] | None = None
+    before: tuple[float, monitor.ChannelStats] | None = None
     n = 0
     while True:
         snap = snapshot(conn)
@@ -371,7 +371,7 @@ def _stats(
         )
         return EXIT_OK
 
-    def line(r: monitor.StatsRow, name: str) -> list[Any]:
+    def line(r: monitor.ChannelStats, name: str) -> list[Any]:
         return [
             name,
             r.sent,

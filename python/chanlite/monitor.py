@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import chanlite
+from chanlite.metrics import ChannelStats, DeadLetter
 
 __all__ = [
     "ChannelRow",
+    "ChannelStats",
     "DeadLetter",
     "Files",
     "GroupRow",
     "NotAvailable",
-    "StatsRow",
     "capacity_of",
     "channels",
     "database_file",
@@ -69,28 +70,6 @@ class Files:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class StatsRow:
-    channel: str | None  # None: the totals row
-    sent: int
-    received: int
-    expired: int
-    full_send: int
-    full_group_send: int
-    depth: int
-    oldest_age: float | None
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: int
-    channel: str
-    reason: str
-    sent_at: float
-    dead_at: float
-    body: bytes | str
 
 
 def open_database(
@@ -210,7 +189,7 @@ def _missing(error: sqlite3.Error, name: str) -> bool:
     return f"no such table: {name}" in str(error)
 
 
-def stats(conn: sqlite3.Connection) -> list[StatsRow]:
+def stats(conn: sqlite3.Connection) -> list[ChannelStats]:
     """The ``chanlite_stats`` rows: one per channel, then the totals
     (channel None). Raises NotAvailable where the extension has no metrics."""
     try:
@@ -226,7 +205,7 @@ def stats(conn: sqlite3.Connection) -> list[StatsRow]:
             ) from e
         raise
     return [
-        StatsRow(
+        ChannelStats(
             None if c is None else str(c),
             int(s or 0),
             int(r or 0),
