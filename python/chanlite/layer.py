@@ -773,6 +773,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tls = threading.local()
         self._connections: list[sqlite3.Connection] = []
+        self._epoch = 0  # close() counts up: what was opening before it is stale
         #: Per thread (event loop) ident: its loop connection (see _try_on_loop).
         self._loop_conns: dict[int, _LoopConnection] = {}
         #: Calls made on the event loop's thread (False: every call in the pool).
@@ -1057,7 +1058,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 with self._lock:
                     self._loop_conns[ident] = _OPENING
                 opening = self._submit(self._open_loop_connection)
-                opening.add_done_callback(functools.partial(self._loop_connection_opened, ident))
+                opening.add_done_callback(
+                    functools.partial(self._loop_connection_opened, ident, self._epoch)
+                )
             return None
         if loop_conn.conn is None:
             return None  # not possible on this database
@@ -1087,10 +1090,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return conn
 
     def _loop_connection_opened(
-        self, ident: int, opening: asyncio.Future[sqlite3.Connection | None]
+        self, ident: int, epoch: int, opening: asyncio.Future[sqlite3.Connection | None]
     ) -> None:
         with self._lock:
-            if self._loop_conns.get(ident) is not _OPENING:
+            if epoch != self._epoch or self._loop_conns.get(ident) is not _OPENING:
                 return  # the layer was closed meanwhile: close() closes it
             if opening.cancelled() or opening.exception() is not None:
                 del self._loop_conns[ident]  # try again on a later call
@@ -1311,8 +1314,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 queue.waiters.clear()  # so that no receiver looks again for them
                 queue._kick()
             executor, self._executor = self._executor, None
-            connections, self._connections = self._connections, []
             self._loop_conns = {}
+            self._epoch += 1
             self._configured = False
             self._retire_bell()
         here = asyncio.get_running_loop()
@@ -1324,6 +1327,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._tls = threading.local()
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
+        # Only now: a connection that a call in the pool was still opening
+        # (a loop's, say) is in the list by the time the pool has stopped.
+        with self._lock:
+            connections, self._connections = self._connections, []
         for conn in connections:
             await asyncio.to_thread(conn.close)
 
