@@ -15,6 +15,10 @@ import pytest
 from chanlite.layer import SQLiteChannelLayer
 
 MESSAGES_PER_CHANNEL = 600
+#: Receives each run cancels at least (the run goes on until it has).
+CANCELLATIONS = 1000
+#: A run that has not finished by then fails, saying where it stood.
+TIME_LIMIT = 180
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -47,41 +51,67 @@ async def _cancel_at_random(
         return None, True
 
 
-async def _consume(
-    layer: SQLiteChannelLayer,
-    channel: str,
-    received: collections.Counter[tuple[str, int]],
-    expected: int,
-    rng: random.Random,
-    stats: collections.Counter[str],
-    total: dict[str, int],
-) -> None:
-    deadline = time.monotonic() + 60
-    while total[channel] < expected:
-        assert time.monotonic() < deadline, f"{channel}: {total[channel]}/{expected} received"
+class _Run:
+    """What the producer and the consumers of one torture run share."""
+
+    def __init__(self, channels: list[str], min_rounds: int) -> None:
+        self.min_rounds = min_rounds
+        #: Rounds sent so far (one message to every channel per round).
+        self.sent = 0
+        #: Set once the producer has sent its last round.
+        self.done = False
+        self.received: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.total = dict.fromkeys(channels, 0)
+        self.deadline = time.monotonic() + TIME_LIMIT
+
+    def check_time(self, what: str) -> None:
+        assert time.monotonic() < self.deadline, (
+            f"{what} after {TIME_LIMIT} s: {self.sent} rounds sent, received {self.total}, "
+            f"{dict(self.stats)}"
+        )
+
+
+async def _consume(layer: SQLiteChannelLayer, channel: str, run: _Run, rng: random.Random) -> None:
+    """Receives every message sent to ``channel``, most receives cancelled at
+    a random point, until the producer is done and all its rounds are in."""
+    while not (run.done and run.total[channel] >= run.sent):
+        run.check_time(f"{channel} stuck")
         if rng.random() < 0.85:
             message, cancelled = await _cancel_at_random(layer, channel, rng)
-            stats["cancelled" if cancelled else "completed despite cancel"] += 1
+            run.stats["cancelled" if cancelled else "completed despite cancel"] += 1
         else:
             try:
                 message = await asyncio.wait_for(layer.receive(channel), 0.05)
-                stats["completed"] += 1
+                run.stats["completed"] += 1
             except TimeoutError:
                 message = None
-                stats["timed out"] += 1
+                run.stats["timed out"] += 1
         if message is not None:
-            received[(str(message["channel"]), int(message["i"]))] += 1  # type: ignore[call-overload]
-            total[channel] += 1
+            run.received[(str(message["channel"]), int(message["i"]))] += 1  # type: ignore[call-overload]
+            run.total[channel] += 1
 
 
 async def _produce(
-    layer: SQLiteChannelLayer, channels: list[str], rng: random.Random, per_channel: int
+    layer: SQLiteChannelLayer, channels: list[str], rng: random.Random, run: _Run
 ) -> None:
-    for i in range(per_channel):
+    """Sends min_rounds rounds, then more while the consumers have cancelled
+    fewer than CANCELLATIONS receives: how many receives a run cancels
+    depends on timing, so the run goes on until the target is reached (in
+    TIME_LIMIT), rather than hoping a fixed number of messages is enough.
+    Past min_rounds it keeps at most a few rounds ahead of the slowest
+    consumer, so the extra messages stay few."""
+    while run.sent < run.min_rounds or run.stats["cancelled"] < CANCELLATIONS:
+        run.check_time(f"only {run.stats['cancelled']}/{CANCELLATIONS} cancellations")
+        if run.sent >= run.min_rounds and run.sent - min(run.total.values()) > 5:
+            await asyncio.sleep(0.001)
+            continue
         for channel in channels:
-            await layer.send(channel, {"type": "torture", "channel": channel, "i": i})
+            await layer.send(channel, {"type": "torture", "channel": channel, "i": run.sent})
+        run.sent += 1
         if rng.random() < 0.3:
             await asyncio.sleep(rng.random() * 0.002)
+    run.done = True
 
 
 @pytest.mark.parametrize("loop_calls", [True, False], ids=["on-loop", "in-pool"])
@@ -90,7 +120,7 @@ async def test_cancelled_receives_lose_nothing(db_path: str, loop_calls: bool) -
     pool. Pops on the loop cannot be interrupted, so fewer receives are
     caught mid-way: that case sends more, for as many cancellations."""
     rng = random.Random(20240601)
-    per_channel = MESSAGES_PER_CHANNEL * (3 if loop_calls else 1)
+    min_rounds = MESSAGES_PER_CHANNEL * (3 if loop_calls else 1)
     layer = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
     # Two process-specific channels (one receiver, shared buffers) and one
     # normal channel, received by this layer and by a second instance (as
@@ -98,30 +128,21 @@ async def test_cancelled_receives_lose_nothing(db_path: str, loop_calls: bool) -
     local = [await layer.new_channel(), await layer.new_channel()]
     other = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
     channels = [*local, "torture-normal"]
-    received: collections.Counter[tuple[str, int]] = collections.Counter()
-    stats: collections.Counter[str] = collections.Counter()
-    total = {channel: 0 for channel in channels}
-
-    normal_total = {"torture-normal": 0}
-    consumers = [
-        _consume(layer, channel, received, per_channel, rng, stats, total) for channel in local
-    ]
-
-    async def normal_consumer(instance: SQLiteChannelLayer) -> None:
-        await _consume(instance, "torture-normal", received, per_channel, rng, stats, normal_total)
+    run = _Run(channels, min_rounds)
 
     await asyncio.gather(
-        _produce(layer, channels, rng, per_channel),
-        *consumers,
-        normal_consumer(layer),
-        normal_consumer(other),
+        _produce(layer, channels, rng, run),
+        *(_consume(layer, channel, run, rng) for channel in local),
+        _consume(layer, "torture-normal", run, rng),
+        _consume(other, "torture-normal", run, rng),
     )
-    expected = {(channel, i) for channel in channels for i in range(per_channel)}
-    duplicates = {key: n for key, n in received.items() if n != 1}
+    print(run.sent, "rounds", dict(run.stats))
+    assert run.sent >= min_rounds
+    assert run.stats["cancelled"] >= CANCELLATIONS, run.stats
+    expected = {(channel, i) for channel in channels for i in range(run.sent)}
+    duplicates = {key: n for key, n in run.received.items() if n != 1}
     assert not duplicates, f"received more than once: {list(duplicates)[:10]}"
-    assert set(received) == expected, f"lost: {sorted(expected - set(received))[:10]}"
-    print(dict(stats))
-    assert stats["cancelled"] >= 1000, stats
+    assert set(run.received) == expected, f"lost: {sorted(expected - set(run.received))[:10]}"
     # Nothing left behind, in SQLite or in a buffer.
     for instance in (layer, other):
         with instance._lock:
