@@ -135,11 +135,19 @@ int chanlite_count_full(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, 
   return rc;
 }
 
+/* See uncount_put_back_folded in sql/stats.sql for why two statements. */
 int chanlite_uncount_put_back(Chanlite *c, const char *queue, int n_queue) {
-  sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_UNCOUNT_PUT_BACK);
-  if (!s) return c->err_code;
-  sqlite3_bind_text(s, 1, queue, n_queue, SQLITE_STATIC);
-  return chanlite_step_done(c, s);
+  static const int uncount[] = {CHANLITE_STMT_UNCOUNT_PUT_BACK_FOLDED,
+                                CHANLITE_STMT_UNCOUNT_PUT_BACK};
+  size_t i;
+  int rc = SQLITE_OK;
+  for (i = 0; i < sizeof uncount / sizeof uncount[0] && rc == SQLITE_OK; i++) {
+    sqlite3_stmt *s = chanlite_stmt(c, uncount[i]);
+    if (!s) return c->err_code;
+    sqlite3_bind_text(s, 1, queue, n_queue, SQLITE_STATIC);
+    rc = chanlite_step_done(c, s);
+  }
+  return rc;
 }
 
 /* Fold the counters of idle queues into the totals, and drop dead letters

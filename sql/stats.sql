@@ -36,9 +36,25 @@ ON CONFLICT(queue) DO UPDATE SET
 INSERT OR IGNORE INTO main.chanlite_queue(queue, depth, sent) VALUES (?1, 0, 0)
 
 -- A message channel_recv_batch put back was received by nobody, but the
--- insert trigger counted it as sent again. Never below depth + expired, so
--- that received (sent - depth - expired) stays >= 0 even when the counters
--- were flushed or folded away between the pop and the put-back.
+-- insert trigger counted it as sent again: uncount_put_back takes that back.
+-- The pop and the put-back are two transactions, and a fold may run between
+-- them (the pop can leave the queue empty): the queue's row then went into
+-- the totals with the message counted as sent and received, and the
+-- put-back made the row anew, counting the message as sent there. Both
+-- statements below run per message, this one first: when the queue's row
+-- cannot give the send back (sent - 1 < depth + expired: it never counted
+-- the message before this put-back), the totals row gives it back instead
+-- (which also takes back its receipt there), so the totals stay exact. After
+-- a flush there is no totals row, and nothing to give back.
+-- name: uncount_put_back_folded
+UPDATE main.chanlite_queue SET sent = max(sent - 1, coalesce(
+  (SELECT expired FROM main.chanlite_counter WHERE queue = ''), 0))
+WHERE queue = '' AND EXISTS (
+  SELECT 1 FROM main.chanlite_queue AS q WHERE q.queue = ?1 AND q.sent - 1 < q.depth +
+    coalesce((SELECT expired FROM main.chanlite_counter WHERE queue = ?1), 0))
+
+-- Never below depth + expired, so that received (sent - depth - expired)
+-- stays >= 0 (the case uncount_put_back_folded moved to the totals).
 -- name: uncount_put_back
 UPDATE main.chanlite_queue SET sent = max(sent - 1, depth + coalesce(
   (SELECT expired FROM main.chanlite_counter WHERE queue = ?1), 0))

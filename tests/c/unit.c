@@ -686,6 +686,37 @@ static void test_batch_partly_read(void **state) {
   close_ok(db);
 }
 
+/* The pop and the put-back of a batch are two transactions. A fold in
+** between (the pop left the queue empty, and with stats_retention 0 it is
+** idle at once) moved the queue's counters into the totals, with the
+** popped rows counted as received; putting them back must take that back,
+** or the totals count each of them as sent and received twice. */
+static void test_batch_put_back_after_fold(void **state) {
+  sqlite3 *db = open_wal(file_in(state, "fold.db"));
+  sqlite3 *other = open_wal(file_in(state, "fold.db")); /* db's read is open */
+  sqlite3_stmt *s;
+  exec_ok(db, "SELECT chanlite_config('stats_retention', 0);"
+              "SELECT channel_send('u', 'm0'); SELECT channel_send('u', 'm1');"
+              "SELECT channel_send('u', 'm2');");
+  s = prepare(db, "SELECT message FROM channel_recv_batch('u', 10)");
+  assert_int_equal(sqlite3_step(s), SQLITE_ROW); /* popped all three, read m0 */
+  column_is(s, 0, SQLITE_TEXT, "m0", 2);
+  exec_ok(other, "SELECT channel_trim()");
+  assert_int_equal(int_of(other, "SELECT count(*) FROM chanlite_stats WHERE channel = 'u'"), 0);
+  assert_int_equal(sqlite3_finalize(s), SQLITE_OK); /* m1 and m2 go back */
+  close_ok(other);
+  assert_int_equal(int_of(db, "SELECT sent FROM chanlite_stats WHERE channel IS NULL"), 3);
+  assert_int_equal(int_of(db, "SELECT received FROM chanlite_stats WHERE channel IS NULL"), 1);
+  assert_int_equal(int_of(db, "SELECT depth FROM chanlite_stats WHERE channel IS NULL"), 2);
+  text_is(db, "SELECT channel_recv('u')", "m1");
+  text_is(db, "SELECT channel_recv('u')", "m2");
+  exec_ok(db, "SELECT channel_trim()");
+  assert_int_equal(int_of(db, "SELECT sent FROM chanlite_stats WHERE channel IS NULL"), 3);
+  assert_int_equal(int_of(db, "SELECT received FROM chanlite_stats WHERE channel IS NULL"), 3);
+  assert_int_equal(int_of(db, "SELECT count(*) FROM chanlite_stats"), 1);
+  close_ok(db);
+}
+
 /* ---- loading ---- */
 
 static void test_load_twice(void **state) {
@@ -773,6 +804,7 @@ int main(int argc, char **argv) {
     cmocka_unit_test_setup_teardown(test_send_visible_on_commit, setup, teardown),
     cmocka_unit_test_setup_teardown(test_expiry_with_clock, setup, teardown),
     cmocka_unit_test_setup_teardown(test_batch_partly_read, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_batch_put_back_after_fold, setup, teardown),
     cmocka_unit_test_setup_teardown(test_load_twice, setup, teardown),
     cmocka_unit_test_setup_teardown(test_recv_creates_nothing, setup, teardown),
     cmocka_unit_test_setup_teardown(test_readonly, setup, teardown),
