@@ -84,7 +84,7 @@ async def _consume(layer: SQLiteChannelLayer, channel: str, run: _Run, rng: rand
             try:
                 message = await asyncio.wait_for(layer.receive(channel), 0.05)
                 run.stats["completed"] += 1
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not TimeoutError before Python 3.11
                 message = None
                 run.stats["timed out"] += 1
         if message is not None:
