@@ -87,8 +87,11 @@ def test_django_connection_has_extension() -> None:
 def test_transactional_send_rolled_back_is_never_delivered(
     django_layer: SQLiteChannelLayer,
 ) -> None:
+    # Django's database lives for the whole pytest session: start from an
+    # empty table, so that the test holds however often it runs in one.
     with connection.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, item TEXT)")
+        cursor.execute("DROP TABLE IF EXISTS orders")
+        cursor.execute("CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT)")
     other = sqlite3.connect(django_layer.database_path())
 
     class Boom(Exception):
