@@ -1,7 +1,7 @@
 """The Python and Django tests on the corners of the supported matrix.
 
     nox                      # both corners (what tests/run-all.sh runs)
-    nox -s "tests-3.13(django='6.1')" -- -k layer    # one corner, pytest arguments
+    nox -s "tests(3.13-django6.1)" -- -k layer    # one corner, with pytest arguments
 
 Each corner is a fresh virtualenv with the package built and installed from
 this repository (``pip install .``) and tests/requirements.txt, on the oldest
