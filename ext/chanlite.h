@@ -11,7 +11,11 @@ SQLITE_EXTENSION_INIT3
 
 #include "chanlite_sql.h"
 
-#define CHANLITE_VERSION "v0.1.0"
+/* "v" and meson.build's project(version:), passed by meson.build: the version
+** has one home. */
+#ifndef CHANLITE_VERSION
+#error "CHANLITE_VERSION is defined by meson.build (-DCHANLITE_VERSION=\"v...\")"
+#endif
 
 /* 3.31.0 is Django 5.2's minimum too; it has SQLITE_DIRECTONLY (3.30),
 ** SQLITE_INNOCUOUS and sqlite3_vtab_config(SQLITE_VTAB_DIRECTONLY) (3.31). */

@@ -232,7 +232,7 @@ static sqlite3_int64 table_count(sqlite3 *db) {
 static void use_everything(sqlite3 *db) {
   sqlite3_stmt *s;
   exec_ok(db, "SELECT chanlite_clock(1000)");
-  text_is(db, "SELECT chanlite_version()", "v0.1.0");
+  text_is(db, "SELECT chanlite_version()", CHANLITE_VERSION); /* meson.build's */
   assert_int_equal(type_of(db, "SELECT chanlite_debug()"), SQLITE_TEXT);
   assert_int_equal(int_of(db, "SELECT chanlite_now()"), 1000);
   assert_int_equal(int_of(db, "SELECT chanlite_config('expiry')"), 60);
