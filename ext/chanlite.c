@@ -108,30 +108,56 @@ static const ChanliteFunction info_functions[] = {
    SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS, fn_version},
   {"chanlite_debug", 0, 0, "chanlite_debug()", SQLITE_UTF8 | SQLITE_INNOCUOUS, fn_debug},
 };
+static const int info_function_count = (int)(sizeof info_functions / sizeof info_functions[0]);
+
+/* The two lists below are everything a load registers: chanlite_attach
+** registers from them and unregister_all deletes from them, so neither can
+** forget a name the other knows. tests/sql/registry.test pins what a load
+** leaves in pragma_function_list and pragma_module_list. */
+
+/* Every SQL function, by concern. */
+static const struct {
+  const ChanliteFunction *fns;
+  const int *n;
+} function_groups[] = {
+  {info_functions, &info_function_count},
+  {chanlite_message_functions, &chanlite_message_function_count},
+  {chanlite_group_functions, &chanlite_group_function_count},
+  {chanlite_maintenance_functions, &chanlite_maintenance_function_count},
+  {chanlite_config_functions, &chanlite_config_function_count},
+  {chanlite_wake_functions, &chanlite_wake_function_count},
+};
+
+/* Every virtual table module. chanlite_statements comes first: from then on
+** it owns the connection's state and frees it when it goes, even if a later
+** registration fails (ext/statements.c). */
+static const struct {
+  const char *name;
+  chanlite_module_create create;
+} modules[] = {
+  {"chanlite_statements", chanlite_create_statements_module},
+  {"channel_recv_batch", chanlite_create_batch_module},
+  {"chanlite_channels", chanlite_create_channels_module},
+  {"chanlite_groups", chanlite_create_groups_module},
+  {"chanlite_stats", chanlite_create_stats_module},
+};
+
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Undo a load that failed part way (out of memory, say): SQLite unloads the
 ** library then, so nothing registered may stay behind pointing into it. A
-** function or module given no callbacks is deleted; the state goes last,
-** with its module. */
+** function or module given no callbacks is deleted; the modules go in
+** reverse order, so that the state goes last, with chanlite_statements. */
 static void unregister_all(sqlite3 *db) {
-  const struct { const ChanliteFunction *fns; int n; } sets[] = {
-    {info_functions, (int)(sizeof info_functions / sizeof info_functions[0])},
-    {chanlite_message_functions, chanlite_message_function_count},
-    {chanlite_group_functions, chanlite_group_function_count},
-    {chanlite_maintenance_functions, chanlite_maintenance_function_count},
-    {chanlite_config_functions, chanlite_config_function_count},
-    {chanlite_wake_functions, chanlite_wake_function_count},
-  };
-  static const char *const modules[] = {"channel_recv_batch", "chanlite_channels",
-                                        "chanlite_groups", "chanlite_statements"};
   int i, j;
-  for (i = 0; i < (int)(sizeof sets / sizeof sets[0]); i++) {
-    for (j = 0; j < sets[i].n; j++) {
-      sqlite3_create_function_v2(db, sets[i].fns[j].name, -1, SQLITE_UTF8, 0, 0, 0, 0, 0);
+  for (i = 0; i < COUNT(function_groups); i++) {
+    for (j = 0; j < *function_groups[i].n; j++) {
+      sqlite3_create_function_v2(db, function_groups[i].fns[j].name, -1, SQLITE_UTF8, 0, 0, 0,
+                                 0, 0);
     }
   }
-  for (i = 0; i < (int)(sizeof modules / sizeof modules[0]); i++) {
-    sqlite3_create_module_v2(db, modules[i], 0, 0, 0);
+  for (i = COUNT(modules) - 1; i >= 0; i--) {
+    sqlite3_create_module_v2(db, modules[i].name, 0, 0, 0);
   }
 }
 
@@ -156,7 +182,7 @@ int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines
 
 int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
   Chanlite *c;
-  int rc;
+  int i, rc = SQLITE_OK;
   c = sqlite3_malloc(sizeof *c);
   if (!c) return SQLITE_NOMEM;
   memset(c, 0, sizeof *c);
@@ -164,40 +190,16 @@ int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
   c->bell_fd = -1;
   c->watch_fd = -1;
   c->fn = "chanlite";
-  rc = chanlite_register_statements(db, c); /* owns c from here on */
-  if (rc != SQLITE_OK) {
-    *errmsg = sqlite3_mprintf("chanlite: cannot register chanlite_statements: %s",
-                              sqlite3_errmsg(db));
-    return rc;
-  }
-  rc = chanlite_register(db, c, info_functions,
-                         (int)(sizeof info_functions / sizeof info_functions[0]), errmsg);
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register(db, c, chanlite_message_functions,
-                           chanlite_message_function_count, errmsg);
-  }
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register(db, c, chanlite_group_functions, chanlite_group_function_count,
-                           errmsg);
-  }
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register(db, c, chanlite_maintenance_functions,
-                           chanlite_maintenance_function_count, errmsg);
-  }
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register(db, c, chanlite_config_functions,
-                           chanlite_config_function_count, errmsg);
-  }
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register(db, c, chanlite_wake_functions, chanlite_wake_function_count,
-                           errmsg);
-  }
-  if (rc == SQLITE_OK) {
-    rc = chanlite_register_vtabs(db, c);
+  for (i = 0; i < COUNT(modules) && rc == SQLITE_OK; i++) {
+    rc = modules[i].create(db, c, modules[i].name);
     if (rc != SQLITE_OK) {
-      *errmsg = sqlite3_mprintf("chanlite: cannot register virtual tables: %s",
+      *errmsg = sqlite3_mprintf("chanlite: cannot register %s: %s", modules[i].name,
                                 sqlite3_errmsg(db));
+      if (i == 0) return rc; /* chanlite_statements freed c: nothing owns it now */
     }
+  }
+  for (i = 0; i < COUNT(function_groups) && rc == SQLITE_OK; i++) {
+    rc = chanlite_register(db, c, function_groups[i].fns, *function_groups[i].n, errmsg);
   }
   *out = c;
   return rc;

@@ -100,7 +100,7 @@ int chanlite_message_arg(Chanlite *c, sqlite3_value *v);
 sqlite3_stmt *chanlite_stmt(Chanlite *c, int id);
 int chanlite_step_done(Chanlite *c, sqlite3_stmt *s);
 int chanlite_step_exists(Chanlite *c, sqlite3_stmt *s, int *found);
-int chanlite_register_statements(sqlite3 *db, Chanlite *c);
+int chanlite_create_statements_module(sqlite3 *db, Chanlite *c, const char *name);
 
 /* transaction.c */
 int chanlite_begin(Chanlite *c);
@@ -180,7 +180,13 @@ extern const ChanliteFunction chanlite_config_functions[];
 extern const int chanlite_config_function_count;
 extern const ChanliteFunction chanlite_wake_functions[];
 extern const int chanlite_wake_function_count;
-int chanlite_register_vtabs(sqlite3 *db, Chanlite *c);
+/* Each registers one virtual table module as `name` (ext/chanlite.c's list
+** of modules names them all). */
+typedef int (*chanlite_module_create)(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_batch_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_channels_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_groups_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_stats_module(sqlite3 *db, Chanlite *c, const char *name);
 
 /* chanlite.c: register everything on a connection; *out is its state. */
 int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg);

@@ -205,9 +205,8 @@ static void chanlite_free(void *p) {
   sqlite3_free(c);
 }
 
-/* Registered first, so that the module owns the state from the start and
-** frees it even if a later registration fails. */
-int chanlite_register_statements(sqlite3 *db, Chanlite *c) {
-  return sqlite3_create_module_v2(db, "chanlite_statements", &statements_module,
-                                  c, chanlite_free);
+/* Registered first (ext/chanlite.c), so that the module owns the state from
+** the start and frees it even if a later registration fails. */
+int chanlite_create_statements_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return sqlite3_create_module_v2(db, name, &statements_module, c, chanlite_free);
 }

@@ -644,22 +644,23 @@ static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_i
   return sqlite3_create_module_v2(db, name, &query_module, q, sqlite3_free);
 }
 
-int chanlite_register_vtabs(sqlite3 *db, Chanlite *c) {
-  int rc = sqlite3_create_module_v2(db, "channel_recv_batch", &batch_module, c, 0);
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_channels", CHANLITE_STMT_LIST_CHANNELS, -1,
+int chanlite_create_batch_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return sqlite3_create_module_v2(db, name, &batch_module, c, 0);
+}
+
+int chanlite_create_channels_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_CHANNELS, -1,
                         "CREATE TABLE x(channel TEXT, depth INTEGER, oldest_age REAL)");
-  }
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_groups", CHANLITE_STMT_LIST_GROUPS, -1,
+}
+
+int chanlite_create_groups_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_GROUPS, -1,
                         "CREATE TABLE x(group_name TEXT, channel TEXT, expires_in REAL)");
-  }
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_stats", CHANLITE_STMT_LIST_STATS,
-                        CHANLITE_STMT_LIST_STATS_EMPTY,
+}
+
+int chanlite_create_stats_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_STATS, CHANLITE_STMT_LIST_STATS_EMPTY,
                         "CREATE TABLE x(channel TEXT, sent INTEGER, received INTEGER, "
                         "expired INTEGER, full_send INTEGER, full_group_send INTEGER, "
                         "depth INTEGER, oldest_age REAL)");
-  }
-  return rc;
 }

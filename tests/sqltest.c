@@ -11,7 +11,9 @@
 ** lines must succeed and return no rows. A line `-- @connection NAME`
 ** switches to another connection to the same database file (opened, with
 ** chanlite loaded, on first use), so that transactions can be shown side by
-** side. Every connection starts in WAL mode with a 5 s busy timeout.
+** side. `-- @plain_connection NAME` does the same without loading chanlite,
+** to show what a connection has before a load (tests/sql/registry.test).
+** Every connection starts in WAL mode with a 5 s busy timeout.
 ** `-- @limit_length N` lowers the current connection's SQLITE_LIMIT_LENGTH
 ** (the longest string or BLOB it will handle) to N bytes.
 **
@@ -30,7 +32,7 @@ static char db_path[256];
 static struct { char name[32]; sqlite3 *db; } conns[MAX_CONNECTIONS];
 static int n_conns;
 
-static sqlite3 *connection(const char *name) {
+static sqlite3 *connection(const char *name, int load) {
   int i;
   sqlite3 *db = 0;
   char *err = 0;
@@ -39,8 +41,9 @@ static sqlite3 *connection(const char *name) {
   }
   if (n_conns == MAX_CONNECTIONS ||
       sqlite3_open(db_path, &db) != SQLITE_OK ||
-      sqlite3_enable_load_extension(db, 1) != SQLITE_OK ||
-      sqlite3_load_extension(db, ext_path, "sqlite3_chanlite_init", &err) != SQLITE_OK ||
+      (load && (sqlite3_enable_load_extension(db, 1) != SQLITE_OK ||
+                sqlite3_load_extension(db, ext_path, "sqlite3_chanlite_init", &err) !=
+                    SQLITE_OK)) ||
       sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;", 0, 0, 0)
           != SQLITE_OK) {
     fprintf(stderr, "sqltest: cannot open connection %s: %s\n", name,
@@ -118,7 +121,7 @@ int main(int argc, char **argv) {
   fd = mkstemp(db_path);
   if (fd < 0) { perror("mkstemp"); return 2; }
   close(fd);
-  db = connection("main");
+  db = connection("main", 1);
 
   for (p = text; *p;) {
     sqlite3_stmt *s = 0;
@@ -131,7 +134,8 @@ int main(int argc, char **argv) {
       if (p[0] == '-' && p[1] == '-') {
         char name[32];
         int limit;
-        if (sscanf(p, "-- @connection %31s", name) == 1) db = connection(name);
+        if (sscanf(p, "-- @connection %31s", name) == 1) db = connection(name, 1);
+        if (sscanf(p, "-- @plain_connection %31s", name) == 1) db = connection(name, 0);
         if (sscanf(p, "-- @limit_length %d", &limit) == 1) {
           sqlite3_limit(db, SQLITE_LIMIT_LENGTH, limit);
         }
