@@ -21,7 +21,8 @@
 **   PRAGMA freelist_count;         -- stays under 1 MB worth of pages
 **
 ** The file shrinks when the WAL is checkpointed (SQLite's auto-checkpoint
-** does it): until then the WAL holds the smaller database.
+** does it): until then the WAL holds the smaller database. See
+** docs/design.md, Disk.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <time.h>

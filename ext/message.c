@@ -11,7 +11,9 @@
 ** then) and is never delivered after that. A channel (for `prefix!local`, the
 ** whole `prefix!`) holds at most its capacity of unexpired messages; a send
 ** over it fails with "chanlite: channel full: NAME" and SQLITE_CONSTRAINT,
-** and is counted as refused (ext/stats.c).
+** and is counted as refused (ext/stats.c). Why capacity stays exact and a
+** message is delivered at most once: docs/design.md, Sending, Receiving and
+** Guarantees.
 */
 #include "chanlite.h"
 

@@ -13,7 +13,7 @@
 ** is running; so chanlite_*() write functions must be called from a
 ** statement of their own (`SELECT channel_send(?, ?)`), not from
 ** `INSERT ... SELECT` or `UPDATE`. That misuse is reported by name
-** (errors.c).
+** (errors.c). See docs/design.md, Transactions.
 */
 #include <string.h>
 #include "chanlite.h"

@@ -20,7 +20,8 @@
 **   SELECT * FROM chanlite_stats;     -- counters per queue, then the totals
 **
 ** list channels with unexpired messages, live memberships, and the traffic
-** counters (ext/stats.c).
+** counters (ext/stats.c). How a batch pops, and why through a second
+** connection: docs/design.md, Receiving.
 */
 #include <string.h>
 #include <limits.h>

@@ -22,7 +22,7 @@
 ** Where this cannot work (not Linux, an in-memory database, a bell that
 ** cannot be created) channel_wait falls back to looking with a backoff from
 ** 1 to 50 ms. Sends inside a transaction ring only in WAL mode. chanlite_debug()
-** says which method is in use.
+** says which method is in use. See docs/design.md, Waking.
 */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -79,7 +79,8 @@ static void error(const char *who, const char *what, sqlite3 *db) {
           db ? sqlite3_extended_errcode(db) : 0);
 }
 
-/* 5000 ms, as Python's default: what DESIGN.md promises no caller sees
+/* 5000 ms, as Python's default: what docs/design.md (Guarantees) promises
+** no caller sees
 ** "database is locked" at. CHANLITE_MP_BUSY_MS overrides it for the
 ** sanitizer and valgrind runs only (tests/sanitize.sh), where every lock is
 ** held tens of times longer and SQLite's unfair lock can starve a process
