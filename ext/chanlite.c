@@ -85,28 +85,29 @@ static void fn_version(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_valu
   sqlite3_result_text(ctx, CHANLITE_VERSION, -1, SQLITE_STATIC);
 }
 
+/* How this build was made, for chanlite_debug(). */
+#if defined(__clang__)
+#define BUILT_BY "clang " __clang_version__
+#elif defined(__GNUC__)
+#define BUILT_BY "gcc " __VERSION__
+#else
+#define BUILT_BY "unknown"
+#endif
+#ifdef __linux__
+#define WAKE_METHOD "inotify on <database>-chanlite, polling where there is no file"
+#else
+#define WAKE_METHOD "polling (no inotify on this system)"
+#endif
+
 /* What a bug report needs: versions and how this build was made. */
 static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   char *s;
   (void)argc; (void)argv;
   s = sqlite3_mprintf("chanlite %s\nsqlite %s (built against %s)\ncompiler %s\n"
                       "clock %s\nstatements cached %s\nwake %s",
-                      CHANLITE_VERSION, sqlite3_libversion(), SQLITE_VERSION,
-#if defined(__clang__)
-                      "clang " __clang_version__,
-#elif defined(__GNUC__)
-                      "gcc " __VERSION__,
-#else
-                      "unknown",
-#endif
-                      c->clock_pinned ? "pinned" : "real",
-                      c->anchored ? "yes" : "no",
-#ifdef __linux__
-                      "inotify on <database>-chanlite, polling where there is no file"
-#else
-                      "polling (no inotify on this system)"
-#endif
-                      );
+                      CHANLITE_VERSION, sqlite3_libversion(), SQLITE_VERSION, BUILT_BY,
+                      c->clock_pinned ? "pinned" : "real", c->anchored ? "yes" : "no",
+                      WAKE_METHOD);
   if (s) sqlite3_result_text(ctx, s, -1, sqlite3_free);
   else sqlite3_result_error_nomem(ctx);
 }

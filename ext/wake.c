@@ -60,7 +60,7 @@ static int bell(Chanlite *c) {
 static void ring(Chanlite *c) {
   int fd = bell(c);
   char byte = 0;
-  if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) { /* nothing to do */ }
+  if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) return; /* nothing more to do */
 }
 
 static int wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
