@@ -270,7 +270,7 @@ static void watchdog(int sig) {
   int i;
   (void)sig;
   for (i = 0; i < n_pids; i++) kill(pids[i], SIGKILL);
-  if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
+  if (write(2, msg, sizeof msg - 1) < 0) _exit(1); /* nothing more to say */
   _exit(1);
 }
 
