@@ -244,7 +244,7 @@ def machine() -> dict[str, str]:
 
 
 def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" 1/")[0].rsplit(" ", 1)[0]
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def summarize(samples: list[Sample]) -> list[dict[str, Any]]:
@@ -330,8 +330,8 @@ def write_report(
         "`duplicated`: received twice. Layers are built from `CHANNEL_LAYERS` as in "
         f"bench/peers, with capacity {meta['capacity']:,} (chanlite on a database file "
         "in a temporary directory; redis-server on 127.0.0.1 with `--save '' --appendonly "
-        "no`). `async_to_sync` is asgiref's: from a thread with no event loop, each call runs "
-        "the coroutine in a new event loop.",
+        "no`). `async_to_sync` is asgiref's: from a thread with no event loop, each call starts "
+        "a thread and runs the coroutine there in a new event loop (`asyncio.run`).",
         "",
         f"Load average before {meta['load_before']}, after {meta['load_after']}.",
         "",

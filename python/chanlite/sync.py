@@ -10,13 +10,14 @@
 Each takes ``layer=``, a ``CHANNEL_LAYERS`` alias (``"default"``) or a
 :class:`~chanlite.layer.SQLiteChannelLayer`, and is one SQL call on the
 calling thread: no event loop, no thread hop. ``async_to_sync(layer.group_send)``
-does the same work but builds an event loop per call and hands the statement
-to the layer's thread pool and back. The semantics and errors are the async
-methods': ChannelFull from a full channel, TypeError for a bad name or
-message, :class:`~chanlite.layer.DatabaseLocked` after ``lock_timeout``
-seconds of a database locked past the busy timeout (retried meanwhile with a
-jittered backoff), and this process's receivers are woken at once (other
-processes by the extension's bell).
+does the same work but, from a thread with no event loop, starts a thread and
+an event loop per call (asgiref's way) and hands the statement to the layer's
+thread pool and back: bench/results/sync.md has the difference. The semantics
+and errors are the async methods': ChannelFull from a full channel, TypeError
+for a bad name or message, :class:`~chanlite.layer.DatabaseLocked` after
+``lock_timeout`` seconds of a database locked past the busy timeout (retried
+meanwhile with a jittered backoff), and this process's receivers are woken at
+once (other processes by the extension's bell).
 
 Which to use:
 
@@ -27,7 +28,12 @@ Which to use:
   inside the current ``transaction.atomic()``: the transactional outbox, for a
   message that must commit or roll back with the app's data (the layer must
   be configured with ``"database"``). Outside a transaction they commit at
-  once too, but hold Django's connection's write lock for the call.
+  once too.
+
+With ``"database"``, the layer's file is Django's: inside ``transaction.atomic()``
+on it, ``chanlite.sync`` raises at once rather than wait for the write lock
+that the transaction itself holds (use ``chanlite.django``, or
+``transaction.on_commit``).
 
 Connections. WSGI servers (and ``runserver``) run each request on a thread of
 its own, often a new one, so a connection per thread would pile up. Calls
@@ -272,6 +278,25 @@ def _resolve(layer: LayerRef) -> SQLiteChannelLayer:
     return instance
 
 
+def _refuse_inside_atomic(layer: SQLiteChannelLayer, call: str) -> None:
+    """A layer on a Django database shares its file, so inside this thread's
+    transaction.atomic() on it, a call on another connection would wait for
+    the write lock that the transaction holds (IMMEDIATE) until lock_timeout,
+    or, made first, leave that transaction unable to write (SQLite fails a
+    read transaction that another connection wrote under). Say what works."""
+    if layer.database is None:
+        return
+    from django.db import connections
+
+    if connections[layer.database].in_atomic_block:
+        raise RuntimeError(
+            f"chanlite: chanlite.sync.{call} inside transaction.atomic() on database "
+            f"{layer.database!r}, the layer's own file, would wait for that transaction's "
+            f"write lock: use chanlite.django.{call} (it commits with the transaction) or "
+            f"transaction.on_commit(lambda: chanlite.sync.{call}(...))"
+        )
+
+
 @contextlib.contextmanager
 def _connection(layer: SQLiteChannelLayer, pool: _Pool) -> Iterator[sqlite3.Connection]:
     pooled = pool.checkout(layer)
@@ -349,6 +374,7 @@ def send(channel: str, message: dict[str, Any], *, layer: LayerRef = DEFAULT_CHA
     """``layer.send``, synchronously. Returns the message's id; raises
     ChannelFull when the channel is at capacity."""
     instance = _resolve(layer)
+    _refuse_inside_atomic(instance, "send")
     instance._check_message(message)
     instance.require_valid_channel_name(channel)
     data = instance.serialize(message)
@@ -363,6 +389,7 @@ def group_send(
     """``layer.group_send``, synchronously: full members are skipped. Returns
     how many members it was delivered to."""
     instance = _resolve(layer)
+    _refuse_inside_atomic(instance, "group_send")
     instance._check_message(message)
     instance.require_valid_group_name(group)
     data = instance.serialize(message)
@@ -377,6 +404,7 @@ def group_send(
 def group_add(group: str, channel: str, *, layer: LayerRef = DEFAULT_CHANNEL_LAYER) -> None:
     """``layer.group_add``, synchronously."""
     instance = _resolve(layer)
+    _refuse_inside_atomic(instance, "group_add")
     instance.require_valid_group_name(group)
     instance.require_valid_channel_name(channel)
     _call(instance, f"group_add to {group!r}", "SELECT group_add(?, ?)", group, channel)
@@ -385,6 +413,7 @@ def group_add(group: str, channel: str, *, layer: LayerRef = DEFAULT_CHANNEL_LAY
 def group_discard(group: str, channel: str, *, layer: LayerRef = DEFAULT_CHANNEL_LAYER) -> None:
     """``layer.group_discard``, synchronously."""
     instance = _resolve(layer)
+    _refuse_inside_atomic(instance, "group_discard")
     instance.require_valid_group_name(group)
     instance.require_valid_channel_name(channel)
     _call(instance, f"group_discard from {group!r}", "SELECT group_discard(?, ?)", group, channel)

@@ -24,6 +24,7 @@ from channels.exceptions import ChannelFull
 from django.core.exceptions import ImproperlyConfigured
 
 import chanlite
+import chanlite.django
 import chanlite.sync
 from chanlite.layer import DatabaseLocked, SQLiteChannelLayer
 
@@ -207,6 +208,27 @@ async def test_alias_resolves_through_channel_layers(
     assert await get_channel_layer().receive(channel) == {"type": "m", "x": 1}
     with pytest.raises(ImproperlyConfigured, match="no channel layer 'nope'"):
         chanlite.sync.send(channel, {"type": "m"}, layer="nope")
+
+
+def test_refused_inside_atomic_on_the_layers_own_database(
+    sql_default: sqlite3.Connection,
+) -> None:
+    """Inside transaction.atomic() on Django's database, which the default
+    layer shares, a call on the layer's own connection would wait for the
+    transaction's own write lock: it says so at once instead."""
+    from django.db import transaction
+
+    started = time.monotonic()
+    with transaction.atomic():
+        with pytest.raises(RuntimeError, match=r"chanlite: chanlite.sync.send inside transaction"):
+            chanlite.sync.send("in-atomic", {"type": "m"})
+        chanlite.django.send("in-atomic", {"type": "m", "via": "django"})
+    assert time.monotonic() - started < 5  # no wait for a lock
+    depth = sql_default.execute(
+        "SELECT depth FROM chanlite_channels WHERE channel = 'in-atomic'"
+    ).fetchone()
+    assert depth == (1,)
+    assert sql_default.execute("SELECT channel_recv('in-atomic') IS NOT NULL").fetchone() == (1,)
 
 
 @pytest.fixture
