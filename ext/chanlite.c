@@ -34,6 +34,9 @@ typedef struct Binding {
   const ChanliteFunction *def;
 } Binding;
 
+static void fn_version(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv);
+static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv);
+
 /* Every function goes through here: argument counts are checked once, with
 ** an error that names the function and its arguments. */
 static void call(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
@@ -48,6 +51,10 @@ static void call(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     return;
   }
   b->c->fn = d->name;
+  if (d->fn != fn_version && d->fn != fn_debug && chanlite_check_process(b->c) != SQLITE_OK) {
+    chanlite_report(b->c, ctx);
+    return;
+  }
   d->fn(b->c, ctx, argc, argv);
 }
 
@@ -161,8 +168,7 @@ int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg) {
   if (!c) return SQLITE_NOMEM;
   memset(c, 0, sizeof *c);
   c->db = db;
-  c->bell_fd = -1;
-  c->watch_fd = -1;
+  chanlite_wake_open(c);
   c->fn = "chanlite";
   rc = chanlite_register_statements(db, c); /* owns c from here on */
   if (rc != SQLITE_OK) {

@@ -58,6 +58,7 @@ struct Chanlite {
   double restart_deadline; /* when a restart's wait ends (disk.c) */
   int bell_fd;         /* the bell, open for ringing; -1 not yet, -2 cannot */
   int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
+  long pid;            /* the process that loaded it: calls after a fork() are refused */
   int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
   int schema_reprepares; /* schema_check's re-preparations when verified */
   double next_upkeep;  /* when a send next folds idle counters (stats.c) */
@@ -153,6 +154,8 @@ void chanlite_after_commit(Chanlite *c, int own_txn);
 void chanlite_unwatch_commits(Chanlite *c);
 double chanlite_monotonic(void);
 void chanlite_wake_close(Chanlite *c);
+void chanlite_wake_open(Chanlite *c);
+int chanlite_check_process(Chanlite *c);
 /* Registration: each concern registers its own SQL functions and modules. */
 typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc,
                             sqlite3_value **argv);

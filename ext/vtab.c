@@ -385,7 +385,8 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
                   "ORDER BY is not allowed");
     return vtab_error(c, base->pVtab);
   }
-  rc = chanlite_channel_arg(c, argv[0], &ch);
+  rc = chanlite_check_process(c);
+  if (rc == SQLITE_OK) rc = chanlite_channel_arg(c, argv[0], &ch);
   if (rc == SQLITE_OK) rc = batch_max_arg(c, argv[1], &max);
   if (rc != SQLITE_OK) return vtab_error(c, base->pVtab);
   rc = batch_connection(c, &w);

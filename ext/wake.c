@@ -123,6 +123,29 @@ void chanlite_unwatch_commits(Chanlite *c) {
   }
 }
 
+void chanlite_wake_open(Chanlite *c) {
+  c->bell_fd = c->watch_fd = -1;
+  c->pid = (long)getpid();
+}
+
+/* SQLite's rule is that a connection must not cross fork(): the child would
+** share the parent's locks as SQLite's memory records them, not as the
+** kernel holds them (so another process could, say, delete a WAL the child
+** is still writing), and the inherited inotify descriptor is the parent's
+** too, so the two would steal each other's rings. A call on such a
+** connection is refused, naming the fix, rather than risk a lost message.
+** (The Python package never carries a connection across fork: it closes
+** its connections before fork() and opens new ones in the child.) */
+int chanlite_check_process(Chanlite *c) {
+  long now = (long)getpid();
+  if (now == c->pid) return SQLITE_OK;
+  return chanlite_fail(c, SQLITE_MISUSE,
+                       "%s(): this connection was opened in process %ld and is used in "
+                       "process %ld, after fork(): SQLite connections must not cross "
+                       "fork(); open a new connection in this process",
+                       c->fn, c->pid, now);
+}
+
 void chanlite_wake_close(Chanlite *c) {
   if (c->bell_fd >= 0) close(c->bell_fd);
   if (c->watch_fd >= 0) close(c->watch_fd);
