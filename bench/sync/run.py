@@ -1,8 +1,8 @@
 """Sync callers: group_send from 8 threads of one process, as WSGI views, signals and
 Celery tasks call a channel layer.
 
-    python3 bench/sync/run.py                 # ~3 min: 3 runs of every case, 5 s each
-    python3 bench/sync/run.py --runs 1 --seconds 2
+    python3 bench/sync/run.py                 # ~2.5 min: 3 runs of every case, 5 s each
+    python3 bench/sync/run.py --runs 1 --seconds 2 --threads 8
 
 Cases (each a ``CHANNEL_LAYERS["default"]`` built as Channels builds it, see
 bench/peers/layers.py):
@@ -333,7 +333,10 @@ def write_report(
         "no`). `async_to_sync` is asgiref's: from a thread with no event loop, each call starts "
         "a thread and runs the coroutine there in a new event loop (`asyncio.run`).",
         "",
-        f"Load average before {meta['load_before']}, after {meta['load_after']}.",
+        f"Load average before {meta['load_before']}, after {meta['load_after']}, on "
+        f"{os.cpu_count()} cores: where it is above the core count, other work shared the "
+        "machine, and the figures are low in absolute terms; the cases are interleaved run by "
+        "run, so their ratios still hold.",
         "",
         "## Machine",
         "",
@@ -347,11 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--threads", default="8", help="comma-separated thread counts")
+    parser.add_argument("--threads", default="1,8", help="comma-separated thread counts")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--capacity", type=int, default=CAPACITY)
     parser.add_argument("--no-install", action="store_true", help="never call install.sh")
+    parser.add_argument(
+        "--from-json", type=Path, help="only rewrite sync.md from this sync.json's samples"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        data = json.loads(args.from_json.read_text())
+        samples = [Sample(**s) for s in data["samples"]]
+        write_report(args.out, summarize(samples), samples, data["meta"])
+        return 0
     thread_counts = [int(t) for t in args.threads.split(",")]
 
     if not args.no_install and (
