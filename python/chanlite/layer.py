@@ -292,6 +292,10 @@ class _ForkGate:
             self._cond.notify_all()
 
 
+#: Called with a layer just before a fork, once its gate is shut and its own
+#: connections are closed: other modules' connections on the layer's behalf
+#: (chanlite.sync's pools) close there too.
+BEFORE_FORK_CLOSE: list[Callable[[SQLiteChannelLayer], None]] = []
 #: Every layer of the process, for the fork handlers below.
 _LAYERS: weakref.WeakSet[SQLiteChannelLayer] = weakref.WeakSet()
 #: Connections a child inherited still open (its parent could not close them
@@ -1484,6 +1488,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        for close in BEFORE_FORK_CLOSE:
+            close(self)
 
     def _after_fork_in_parent(self) -> None:
         if self._gate_shut:

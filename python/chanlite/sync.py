@@ -43,9 +43,12 @@ open is the number of calls in flight plus at most ``MAX_IDLE``.
 
 Fork. SQLite forbids using, or even closing, a connection opened before
 ``fork()`` in the child (closing releases the child's own POSIX locks on the
-file). In a child, the pools start afresh; the parent's connections are
+file). Calls pass the layer's fork gate, so just before a fork, once the
+calls in flight have ended, the pools' connections are closed (see
+``SQLiteChannelLayer._before_fork``). In a child, the pools start afresh;
+a connection that still crossed the fork (a fork Python did not see) is
 never touched again: kept referenced for good (:data:`_inherited`), so no
-finalizer closes them, not even at interpreter exit.
+finalizer closes it, not even at interpreter exit.
 """
 
 from __future__ import annotations
@@ -232,12 +235,24 @@ def _after_fork() -> None:
         return
     for conn in _opened:
         _inherit(conn)
+    for pool in _pools.values():
+        pool.idle = []  # the parent's: its finalizer must not close them here
     # Another thread of the parent may have held this lock when it forked.
     _state_lock = threading.Lock()
     _opened = set()
     _pools = weakref.WeakKeyDictionary()
     _pid = os.getpid()
 
+
+def _close_for_fork(layer: SQLiteChannelLayer) -> None:
+    """Just before a fork, with the layer's gate shut (no call in flight):
+    close the pool's connections, so that none crosses the fork."""
+    pool = _pools.get(layer)
+    if pool is not None:
+        pool.close_idle()
+
+
+_layer.BEFORE_FORK_CLOSE.append(_close_for_fork)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
@@ -249,7 +264,12 @@ def _pool(layer: SQLiteChannelLayer) -> _Pool:
     pool = _pools.get(layer)
     if pool is None:
         with _state_lock:
-            pool = _pools.setdefault(layer, _Pool(MAX_IDLE))
+            pool = _pools.get(layer)
+            if pool is None:
+                pool = _pools[layer] = _Pool(MAX_IDLE)
+                # A layer that is garbage collected takes its pool's
+                # connections with it (else they stay open for good).
+                weakref.finalize(layer, pool.close_idle)
     return pool
 
 
@@ -320,6 +340,17 @@ def _once(layer: SQLiteChannelLayer, sql: str, params: tuple[Any, ...]) -> Any:
         # its own thread.
         return memory.executor.submit(layer._sql, sql, *params).result()
     pool = _pool(layer)
+    # Inside the layer's fork gate, as its own calls: a fork() waits for the
+    # call to end, then closes the pool's connections (_close_for_fork).
+    gate = layer._gate
+    gate.enter()
+    try:
+        return _once_on(layer, pool, sql, params)
+    finally:
+        gate.leave()
+
+
+def _once_on(layer: SQLiteChannelLayer, pool: _Pool, sql: str, params: tuple[Any, ...]) -> Any:
     with _connection(layer, pool) as conn:
         # Every call writes, and SQLite lets one connection write at a time.
         # Threads of this process take turns on a mutex, which hands over

@@ -201,7 +201,9 @@ def test_layer_used_before_fork_works_in_child_and_parent(
     assert result["prefix"] != parent_prefix, "the child must have a prefix of its own"
     assert (result["self"], result["group"], result["plain"]) == ("self", "kids", "for-child")
     if b.own_channel:
-        assert result["foreign"] == "Wrong client prefix", "the parent's channels are not the child's"
+        assert result["foreign"] == "Wrong client prefix", (
+            "the parent's channels are not the child's"
+        )
 
     # The parent goes on: its prefix, its buffered messages, its receivers.
     assert layer.client_prefix == parent_prefix

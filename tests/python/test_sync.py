@@ -328,8 +328,8 @@ def _child_work(layer: SQLiteChannelLayer, tag: str) -> int:
     stats = chanlite.sync.pool_stats(layer)
     if stats.opened != 0 or stats.idle != 0:
         return 3  # the parent's pool came along
-    if not chanlite.sync._inherited:
-        return 4  # the parent's connections were not kept from closing
+    if chanlite.sync._inherited:
+        return 4  # a connection crossed the fork: the parent should have closed it first
     for i in range(5):
         chanlite.sync.send("forked", {"type": "m", "who": tag, "i": i}, layer=layer)
     if chanlite.sync.group_send("fg", {"type": "m", "who": tag, "i": 99}, layer=layer) != 1:
@@ -366,8 +366,9 @@ def _parent_uses(layer: SQLiteChannelLayer) -> None:
 
 async def _parent_still_works(layer: SQLiteChannelLayer) -> None:
     before = chanlite.sync.pool_stats(layer)
+    assert before.idle == 0  # closed before the fork, so that none crossed it
     chanlite.sync.send("parent", {"type": "m", "i": 4}, layer=layer)
-    assert chanlite.sync.pool_stats(layer).opened == before.opened  # its connections, reused
+    assert chanlite.sync.pool_stats(layer).opened == before.opened + 1  # opened afresh
     got = sorted([(await layer.receive("parent"))["i"] for _ in range(5)])
     assert got == [0, 1, 2, 3, 4]
 
@@ -397,21 +398,27 @@ async def test_multiprocessing_fork_child_uses_sync_api(big: SQLiteChannelLayer)
     await _parent_still_works(big)
 
 
-def test_child_keeps_the_parents_connections(tmp_path: Path) -> None:
-    """The child never uses nor closes the parent's connections (it keeps
-    them referenced), and the parent's go on working after the child exits."""
+def test_no_connection_crosses_fork(tmp_path: Path) -> None:
+    """Just before a fork the pool's connections are closed (SQLite forbids
+    a connection to cross it): the child has none of the parent's, and the
+    parent opens a new one on its next call."""
     layer = SQLiteChannelLayer(path=str(tmp_path / "x.sqlite3"))
     chanlite.sync.send("c", {"type": "m"}, layer=layer)
     pool_conn = chanlite.sync._pools[layer].idle[0].conn
     pid = os.fork()
     if pid == 0:
+        status = 1
         try:
             chanlite.sync.send("c", {"type": "m"}, layer=layer)
-            import gc
-
-            gc.collect()
+            status = 2 if chanlite.sync._inherited else 0
         finally:
-            os._exit(0 if pool_conn in chanlite.sync._inherited else 1)
+            os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert pool_conn.execute("SELECT count(*) FROM chanlite_channels").fetchone() == (1,)
+    with pytest.raises(sqlite3.ProgrammingError):
+        pool_conn.execute("SELECT 1")  # closed before the fork
+    chanlite.sync.send("c", {"type": "m"}, layer=layer)
+    assert chanlite.sync.pool_stats(layer).idle == 1
+    check = chanlite.connect(str(tmp_path / "x.sqlite3"))
+    assert check.execute("SELECT depth FROM chanlite_channels").fetchone() == (3,)
+    check.close()
