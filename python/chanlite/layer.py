@@ -976,7 +976,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         """This thread's connection, opened and configured on first use."""
         if self._memory is not None:
             return self._memory_connection(self._memory)
-        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        # Read once: close() (and a fork) replace self._tls meanwhile, and a
+        # connection found in the old one has its clock noted there.
+        tls = self._tls
+        conn: sqlite3.Connection | None = getattr(tls, "conn", None)
         if conn is None:
             conn = chanlite.connect(
                 self.database_path(),
@@ -991,13 +994,13 @@ class SQLiteChannelLayer(BaseChannelLayer):
             except BaseException:
                 conn.close()
                 raise
-            self._tls.conn = conn
-            self._tls.clock_generation = -1
+            tls.conn = conn
+            tls.clock_generation = -1
             with self._lock:
                 self._connections.append(conn)
         self._configure(conn)  # again after a failure (a locked database)
-        if self._tls.clock_generation != self._clock_generation:
-            self._tls.clock_generation = self._clock_generation
+        if tls.clock_generation != self._clock_generation:
+            tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
         return conn
 
