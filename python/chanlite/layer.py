@@ -265,7 +265,7 @@ class _ForkGate:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._inside = 0
-        self._shut = False  # a fork is under way: new calls wait for it
+        self._shut = 0  # a fork or close() is under way: new calls wait for it
 
     def enter(self) -> None:
         with self._cond:
@@ -281,15 +281,17 @@ class _ForkGate:
 
     def shut(self, timeout: float) -> bool:
         """Stop new calls and wait for those inside to end; False if some
-        were still inside after timeout (the gate stays shut either way)."""
+        were still inside after timeout (the gate stays shut either way,
+        until as many open() calls as shut() calls)."""
         with self._cond:
-            self._shut = True
+            self._shut += 1
             return self._cond.wait_for(lambda: self._inside == 0, timeout)
 
     def open(self) -> None:
         with self._cond:
-            self._shut = False
-            self._cond.notify_all()
+            self._shut -= 1
+            if not self._shut:
+                self._cond.notify_all()
 
 
 #: Called with a layer just before a fork, once its gate is shut and its own
@@ -1456,8 +1458,22 @@ class SQLiteChannelLayer(BaseChannelLayer):
         # (a loop's, say) is in the list by the time the pool has stopped.
         with self._lock:
             connections, self._connections = self._connections, []
-        for conn in connections:
-            await asyncio.to_thread(conn.close)
+        await asyncio.to_thread(self._close_connections, connections)
+
+    def _close_connections(self, connections: list[sqlite3.Connection]) -> None:
+        """Close connections that no call can be using: another event loop's
+        thread may be inside a call on its loop connection, so wait at the
+        gate for the calls in flight (a call waits for a lock at most the
+        busy timeout)."""
+        gate = self._gate
+        if not gate.shut(self.busy_timeout + 1):
+            logger.warning("chanlite: close(): a call was still running; closing anyway")
+        try:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        finally:
+            gate.open()
 
     # ---- fork() ----
 
