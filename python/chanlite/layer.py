@@ -265,7 +265,7 @@ class _ForkGate:
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._inside = 0
-        self._shut = False  # a fork is under way: new calls wait for it
+        self._shut = 0  # a fork or close() is under way: new calls wait for it
 
     def enter(self) -> None:
         with self._cond:
@@ -281,17 +281,23 @@ class _ForkGate:
 
     def shut(self, timeout: float) -> bool:
         """Stop new calls and wait for those inside to end; False if some
-        were still inside after timeout (the gate stays shut either way)."""
+        were still inside after timeout (the gate stays shut either way,
+        until as many open() calls as shut() calls)."""
         with self._cond:
-            self._shut = True
+            self._shut += 1
             return self._cond.wait_for(lambda: self._inside == 0, timeout)
 
     def open(self) -> None:
         with self._cond:
-            self._shut = False
-            self._cond.notify_all()
+            self._shut -= 1
+            if not self._shut:
+                self._cond.notify_all()
 
 
+#: Called with a layer just before a fork, once its gate is shut and its own
+#: connections are closed: other modules' connections on the layer's behalf
+#: (chanlite.sync's pools) close there too.
+BEFORE_FORK_CLOSE: list[Callable[[SQLiteChannelLayer], None]] = []
 #: Every layer of the process, for the fork handlers below.
 _LAYERS: weakref.WeakSet[SQLiteChannelLayer] = weakref.WeakSet()
 #: Connections a child inherited still open (its parent could not close them
@@ -972,7 +978,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         """This thread's connection, opened and configured on first use."""
         if self._memory is not None:
             return self._memory_connection(self._memory)
-        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        # Read once: close() (and a fork) replace self._tls meanwhile, and a
+        # connection found in the old one has its clock noted there.
+        tls = self._tls
+        conn: sqlite3.Connection | None = getattr(tls, "conn", None)
         if conn is None:
             conn = chanlite.connect(
                 self.database_path(),
@@ -987,13 +996,13 @@ class SQLiteChannelLayer(BaseChannelLayer):
             except BaseException:
                 conn.close()
                 raise
-            self._tls.conn = conn
-            self._tls.clock_generation = -1
+            tls.conn = conn
+            tls.clock_generation = -1
             with self._lock:
                 self._connections.append(conn)
         self._configure(conn)  # again after a failure (a locked database)
-        if self._tls.clock_generation != self._clock_generation:
-            self._tls.clock_generation = self._clock_generation
+        if tls.clock_generation != self._clock_generation:
+            tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
         return conn
 
@@ -1449,8 +1458,22 @@ class SQLiteChannelLayer(BaseChannelLayer):
         # (a loop's, say) is in the list by the time the pool has stopped.
         with self._lock:
             connections, self._connections = self._connections, []
-        for conn in connections:
-            await asyncio.to_thread(conn.close)
+        await asyncio.to_thread(self._close_connections, connections)
+
+    def _close_connections(self, connections: list[sqlite3.Connection]) -> None:
+        """Close connections that no call can be using: another event loop's
+        thread may be inside a call on its loop connection, so wait at the
+        gate for the calls in flight (a call waits for a lock at most the
+        busy timeout)."""
+        gate = self._gate
+        if not gate.shut(self.busy_timeout + 1):
+            logger.warning("chanlite: close(): a call was still running; closing anyway")
+        try:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        finally:
+            gate.open()
 
     # ---- fork() ----
 
@@ -1484,6 +1507,8 @@ class SQLiteChannelLayer(BaseChannelLayer):
         for conn in connections:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        for close in BEFORE_FORK_CLOSE:
+            close(self)
 
     def _after_fork_in_parent(self) -> None:
         if self._gate_shut:

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import msgpack
 import pytest
 
 from chanlite.layer import SQLiteChannelLayer
@@ -201,7 +202,9 @@ def test_layer_used_before_fork_works_in_child_and_parent(
     assert result["prefix"] != parent_prefix, "the child must have a prefix of its own"
     assert (result["self"], result["group"], result["plain"]) == ("self", "kids", "for-child")
     if b.own_channel:
-        assert result["foreign"] == "Wrong client prefix", "the parent's channels are not the child's"
+        assert result["foreign"] == "Wrong client prefix", (
+            "the parent's channels are not the child's"
+        )
 
     # The parent goes on: its prefix, its buffered messages, its receivers.
     assert layer.client_prefix == parent_prefix
@@ -286,3 +289,53 @@ def test_forked_siblings_each_get_exactly_their_own_messages(db_path: str, metho
     assert got == [list(range(20)), list(range(20))]
     run(layer.close())
     assert run(_depth(db_path)) == 0
+
+
+def _django_child(work: Callable[[], Any]) -> int:
+    """Fork; the child runs work() and exits 0 if it returned truthy. The
+    child's pid, for _exit_code."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = 0 if work() else 2
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_django_backend_connection_does_not_cross_fork() -> None:
+    """chanlite.django.backend (the transactional outbox's connection): a
+    connection opened before the fork is closed just before it, so the
+    child's chanlite calls work (chanlite refuses them on a connection that
+    crossed the fork) and the parent connects again on its next query.
+    (Inside transaction.atomic() nothing can be closed: the README says not
+    to fork there.)"""
+    from django.db import connection
+
+    import chanlite.django
+
+    chanlite.django.send("dj.fork", {"type": "parent-before"})
+    assert connection.connection is not None
+    before = connection.connection
+
+    def child_sends() -> bool:
+        chanlite.django.send("dj.fork", {"type": "child"})
+        return connection.connection is not before
+
+    assert _exit_code(_django_child(child_sends)) == 0
+    # Closed just before the fork: the parent opened a new one to send again.
+    chanlite.django.send("dj.fork", {"type": "parent-after"})
+    assert connection.connection is not before
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT message FROM channel_recv_batch('dj.fork', 10)")
+        got = [msgpack.unpackb(m)["type"] for (m,) in cursor]
+    assert sorted(got) == sorted(["parent-before", "child", "parent-after"])
