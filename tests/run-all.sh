@@ -3,8 +3,9 @@
 # chanlite, and runs every test:
 # the SQL tests, C tests, wake-up race and benchmark smoke run (meson test),
 # the same suite under AddressSanitizer+UndefinedBehaviorSanitizer and under
-# valgrind, each libFuzzer target for 20 s, and the Python, Django and
-# browser tests. Exits non-zero on any failure.
+# valgrind, each libFuzzer target for 20 s, the Python, Django and
+# browser tests, and django/channels' own test suite with chanlite as its
+# channel layer. Exits non-zero on any failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -13,12 +14,13 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: compiler, SQLite headers and shell, cmocka, valgrind, and
-# chromium for the browser test of the chat demo (driven by playwright from
-# PyPI, which uses this chromium and never downloads one).
+# chromium for the browser tests of the chat demo (driven by playwright from
+# PyPI, which uses this chromium and never downloads one) and chromium-driver
+# for the Selenium tests (ChannelsLiveServerTestCase, ours and channels' own).
 # clang and its runtimes build the libFuzzer targets (tests/fuzz.sh);
 # clang-format checks the C style (tests/lint.sh).
 debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium
-      clang libclang-rt-14-dev clang-format)
+      chromium-driver clang libclang-rt-14-dev clang-format)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,6 +56,9 @@ if [ -d tests/python ]; then
   echo "== python"
   python3 -m pip install -q --disable-pip-version-check .
   python3 -m pytest -q tests/python
+
+  echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
+  tests/channels_suite.sh
 fi
 
 # One closing line over every meson run (pytest prints its own above).
