@@ -45,7 +45,8 @@ static void call(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   const ChanliteFunction *d = b->def;
   if (argc < d->min_args || argc > d->max_args) {
     char *msg = sqlite3_mprintf("chanlite: wrong number of arguments to %s: "
-                                "got %d, usage: %s", d->name, argc, d->usage);
+                                "got %d, usage: %s",
+                                d->name, argc, d->usage);
     if (msg) sqlite3_result_error(ctx, msg, -1);
     else sqlite3_result_error_nomem(ctx);
     sqlite3_free(msg);
@@ -59,8 +60,7 @@ static void call(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   d->fn(b->c, ctx, argc, argv);
 }
 
-int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int n,
-                      char **errmsg) {
+int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int n, char **errmsg) {
   int i, rc = SQLITE_OK;
   for (i = 0; i < n && rc == SQLITE_OK; i++) {
     Binding *b = sqlite3_malloc(sizeof *b);
@@ -70,8 +70,7 @@ int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int
     /* Registered with nArg -1 so that `call` can explain a wrong count;
     ** sqlite3_free runs when the function is replaced or the connection
     ** closes, and also if registration fails. */
-    rc = sqlite3_create_function_v2(db, fns[i].name, -1, fns[i].flags, b, call, 0, 0,
-                                    sqlite3_free);
+    rc = sqlite3_create_function_v2(db, fns[i].name, -1, fns[i].flags, b, call, 0, 0, sqlite3_free);
     if (rc != SQLITE_OK) {
       *errmsg = sqlite3_mprintf("chanlite: cannot register %s: %s", fns[i].name,
                                 sqlite3_errmsg(db));
@@ -81,7 +80,9 @@ int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int
 }
 
 static void fn_version(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)c; (void)argc; (void)argv;
+  (void)c;
+  (void)argc;
+  (void)argv;
   sqlite3_result_text(ctx, CHANLITE_VERSION, -1, SQLITE_STATIC);
 }
 
@@ -102,12 +103,12 @@ static void fn_version(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_valu
 /* What a bug report needs: versions and how this build was made. */
 static void fn_debug(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   char *s;
-  (void)argc; (void)argv;
+  (void)argc;
+  (void)argv;
   s = sqlite3_mprintf("chanlite %s\nsqlite %s (built against %s)\ncompiler %s\n"
                       "clock %s\nstatements cached %s\nwake %s",
                       CHANLITE_VERSION, sqlite3_libversion(), SQLITE_VERSION, BUILT_BY,
-                      c->clock_pinned ? "pinned" : "real", c->anchored ? "yes" : "no",
-                      WAKE_METHOD);
+                      c->clock_pinned ? "pinned" : "real", c->anchored ? "yes" : "no", WAKE_METHOD);
   if (s) sqlite3_result_text(ctx, s, -1, sqlite3_free);
   else sqlite3_result_error_nomem(ctx);
 }
@@ -161,8 +162,8 @@ static void unregister_all(sqlite3 *db) {
   int i, j;
   for (i = 0; i < COUNT(function_groups); i++) {
     for (j = 0; j < *function_groups[i].n; j++) {
-      sqlite3_create_function_v2(db, function_groups[i].fns[j].name, -1, SQLITE_UTF8, 0, 0, 0,
-                                 0, 0);
+      sqlite3_create_function_v2(db, function_groups[i].fns[j].name, -1, SQLITE_UTF8, 0, 0, 0, 0,
+                                 0);
     }
   }
   for (i = COUNT(modules) - 1; i >= 0; i--) {
@@ -175,7 +176,7 @@ __declspec(dllexport)
 #else
 __attribute__((visibility("default")))
 #endif
-int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api) {
+  int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api) {
   Chanlite *c = 0;
   int rc;
   SQLITE_EXTENSION_INIT2(api);

@@ -106,8 +106,8 @@ static int ensure_schema(Chanlite *c, int *blank) {
 ** every statement of the connection until that outer one ends, so one
 ** that still had to be prepared then could not roll the call back. */
 static int prepare_endings(Chanlite *c) {
-  static const int ids[] = {CHANLITE_STMT_COMMIT, CHANLITE_STMT_ROLLBACK,
-                            CHANLITE_STMT_RELEASE, CHANLITE_STMT_ROLLBACK_TO};
+  static const int ids[] = {CHANLITE_STMT_COMMIT, CHANLITE_STMT_ROLLBACK, CHANLITE_STMT_RELEASE,
+                            CHANLITE_STMT_ROLLBACK_TO};
   int i;
   for (i = 0; i < (int)(sizeof ids / sizeof ids[0]); i++) {
     if (!chanlite_stmt(c, ids[i])) return c->err_code;
