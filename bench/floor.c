@@ -61,16 +61,16 @@ static const char *const side_names[N_SIDES] = {"chanlite", "floor"};
 /* Everything one connection needs; every statement is prepared once. */
 typedef struct Bench {
   sqlite3 *db;
-  sqlite3_stmt *send;        /* SELECT channel_send('bench', ?1) */
-  sqlite3_stmt *recv;        /* SELECT channel_recv('bench') */
-  sqlite3_stmt *recv_batch;  /* SELECT channel, message FROM channel_recv_batch('bench', 100) */
-  sqlite3_stmt *insert;      /* the floor's INSERT */
-  sqlite3_stmt *delete;      /* the floor's DELETE by id */
-  sqlite3_stmt *begin;       /* BEGIN IMMEDIATE */
-  sqlite3_stmt *commit;      /* COMMIT */
-  sqlite3_stmt *count;       /* rows left in chanlite_message */
-  unsigned char *msg;        /* the message sent, LARGE bytes */
-  sqlite3_int64 *ids;        /* the floor's rowids, one per message */
+  sqlite3_stmt *send;       /* SELECT channel_send('bench', ?1) */
+  sqlite3_stmt *recv;       /* SELECT channel_recv('bench') */
+  sqlite3_stmt *recv_batch; /* SELECT channel, message FROM channel_recv_batch('bench', 100) */
+  sqlite3_stmt *insert;     /* the floor's INSERT */
+  sqlite3_stmt *delete;     /* the floor's DELETE by id */
+  sqlite3_stmt *begin;      /* BEGIN IMMEDIATE */
+  sqlite3_stmt *commit;     /* COMMIT */
+  sqlite3_stmt *count;      /* rows left in chanlite_message */
+  unsigned char *msg;       /* the message sent, LARGE bytes */
+  sqlite3_int64 *ids;       /* the floor's rowids, one per message */
   int n_ids;
 } Bench;
 
@@ -152,8 +152,8 @@ static void stamp(Bench *b, sqlite3_int64 i) {
 }
 
 static int check_body(Bench *b, const void *body, int n, int size, sqlite3_int64 i) {
-  if (!body || n != size) return fail("message %lld came back with %d bytes, not %d",
-                                      (long long)i, body ? n : -1, size);
+  if (!body || n != size)
+    return fail("message %lld came back with %d bytes, not %d", (long long)i, body ? n : -1, size);
   stamp(b, i);
   if (memcmp(body, b->msg, (size_t)size) != 0) {
     return fail("message %lld came back changed or out of order", (long long)i);
@@ -185,8 +185,7 @@ static int chanlite_recv(Bench *b, int size, sqlite3_int64 i) {
     sqlite3_reset(b->recv);
     return -1;
   }
-  ret = check_body(b, sqlite3_column_blob(b->recv, 0), sqlite3_column_bytes(b->recv, 0),
-                   size, i);
+  ret = check_body(b, sqlite3_column_blob(b->recv, 0), sqlite3_column_bytes(b->recv, 0), size, i);
   rc = sqlite3_reset(b->recv);
   if (ret == 0 && rc != SQLITE_OK) ret = fail_db(b, "channel_recv", rc);
   return ret;
@@ -373,8 +372,7 @@ static int run_once(Bench *b, int which, int side, int n, Timing *t) {
   switch (which) {
     case CASE_PAIR:
     case CASE_PAIR10K:
-      rc = side == SIDE_CHANLITE ? timed_chanlite_pairs(b, n, size)
-                                 : timed_floor_pairs(b, n, size);
+      rc = side == SIDE_CHANLITE ? timed_chanlite_pairs(b, n, size) : timed_floor_pairs(b, n, size);
       t1 = t2 = monotonic();
       break;
     case CASE_TXN:
@@ -392,8 +390,7 @@ static int run_once(Bench *b, int which, int side, int n, Timing *t) {
                                  : timed_floor_autocommit_send(b, n, size);
       t1 = monotonic();
       if (rc == 0) {
-        rc = side == SIDE_CHANLITE ? timed_chanlite_drain(b, n, size)
-                                   : timed_floor_drain(b, n);
+        rc = side == SIDE_CHANLITE ? timed_chanlite_drain(b, n, size) : timed_floor_drain(b, n);
       }
       t2 = monotonic();
       break;
@@ -418,7 +415,8 @@ static int open_bench(Bench *b, const char *path, const char *ext) {
   if (!b->msg) return fail("out of memory");
   for (rc = 0; rc < LARGE; rc++) b->msg[rc] = (unsigned char)('a' + rc % 26);
   rc = sqlite3_open_v2(path, &b->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, 0);
-  if (rc != SQLITE_OK) return fail("cannot open %s: %s", path, b->db ? sqlite3_errmsg(b->db) : sqlite3_errstr(rc));
+  if (rc != SQLITE_OK)
+    return fail("cannot open %s: %s", path, b->db ? sqlite3_errmsg(b->db) : sqlite3_errstr(rc));
   rc = sqlite3_db_config(b->db, SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION, 1, (int *)0);
   if (rc != SQLITE_OK) return fail_db(b, "enable load_extension", rc);
   rc = sqlite3_load_extension(b->db, ext, 0, &err);
@@ -442,13 +440,13 @@ static int open_bench(Bench *b, const char *path, const char *ext) {
   }
   if (prepare(b, "SELECT channel_send('bench', ?1)", &b->send) ||
       prepare(b, "SELECT channel_recv('bench')", &b->recv) ||
-      prepare(b, "SELECT channel, message FROM channel_recv_batch('bench', 100)",
-              &b->recv_batch) ||
-      prepare(b, "INSERT INTO chanlite_message(queue, local, sent_at, expires_at, body) "
-                 "VALUES ('bench', NULL, ?1, ?2, ?3)", &b->insert) ||
+      prepare(b, "SELECT channel, message FROM channel_recv_batch('bench', 100)", &b->recv_batch) ||
+      prepare(b,
+              "INSERT INTO chanlite_message(queue, local, sent_at, expires_at, body) "
+              "VALUES ('bench', NULL, ?1, ?2, ?3)",
+              &b->insert) ||
       prepare(b, "DELETE FROM chanlite_message WHERE id = ?1", &b->delete) ||
-      prepare(b, "BEGIN IMMEDIATE", &b->begin) ||
-      prepare(b, "COMMIT", &b->commit) ||
+      prepare(b, "BEGIN IMMEDIATE", &b->begin) || prepare(b, "COMMIT", &b->commit) ||
       prepare(b, "SELECT count(*) FROM chanlite_message", &b->count)) {
     return -1;
   }
@@ -456,8 +454,8 @@ static int open_bench(Bench *b, const char *path, const char *ext) {
 }
 
 static int close_bench(Bench *b) {
-  sqlite3_stmt **all[] = {&b->send, &b->recv, &b->recv_batch, &b->insert, &b->delete,
-                          &b->begin, &b->commit, &b->count};
+  sqlite3_stmt **all[] = {&b->send,   &b->recv,  &b->recv_batch, &b->insert,
+                          &b->delete, &b->begin, &b->commit,     &b->count};
   size_t i;
   int rc = SQLITE_OK, ret = 0;
   for (i = 0; i < sizeof all / sizeof all[0]; i++) {
@@ -479,7 +477,7 @@ static int close_bench(Bench *b) {
 /* ---- statistics and the report ---- */
 
 typedef struct Stats {
-  double med, min, max;  /* operations per second */
+  double med, min, max; /* operations per second */
 } Stats;
 
 static int cmp_double(const void *a, const void *b) {
@@ -566,10 +564,9 @@ static double load_average(void) {
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: bench_floor PATH/TO/chanlite.so [--quick] [--out FILE.md] [--runs N]\n"
-          "                   [--pairs N] [--case pair|pair10k|txn|recvbatch]\n"
-          "                   [--side chanlite|floor] [--db FILE]\n");
+  fprintf(stderr, "usage: bench_floor PATH/TO/chanlite.so [--quick] [--out FILE.md] [--runs N]\n"
+                  "                   [--pairs N] [--case pair|pair10k|txn|recvbatch]\n"
+                  "                   [--side chanlite|floor] [--db FILE]\n");
 }
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -609,24 +606,38 @@ int main(int argc, char **argv) {
     if (strcmp(a, "--quick") == 0) quick = 1;
     else if (strcmp(a, "--out") == 0 && v) out = argv[++i];
     else if (strcmp(a, "--db") == 0 && v) db_arg = argv[++i];
-    else if (strcmp(a, "--runs") == 0 && v && !parse_int(argv[++i], 1, MAX_RUNS, &runs)) runs_set = 1;
-    else if (strcmp(a, "--pairs") == 0 && v && !parse_int(argv[++i], 1, 10000000, &pairs)) pairs_set = 1;
+    else if (strcmp(a, "--runs") == 0 && v && !parse_int(argv[++i], 1, MAX_RUNS, &runs))
+      runs_set = 1;
+    else if (strcmp(a, "--pairs") == 0 && v && !parse_int(argv[++i], 1, 10000000, &pairs))
+      pairs_set = 1;
     else if (strcmp(a, "--case") == 0 && v) {
       for (only_case = N_CASES - 1; only_case >= 0; only_case--) {
         if (strcmp(v, case_names[only_case]) == 0) break;
       }
       i++;
-      if (only_case < 0) { usage(); return 2; }
+      if (only_case < 0) {
+        usage();
+        return 2;
+      }
     } else if (strcmp(a, "--side") == 0 && v) {
       for (only_side = N_SIDES - 1; only_side >= 0; only_side--) {
         if (strcmp(v, side_names[only_side]) == 0) break;
       }
       i++;
-      if (only_side < 0) { usage(); return 2; }
+      if (only_side < 0) {
+        usage();
+        return 2;
+      }
     } else if (a[0] != '-' && !ext) ext = a;
-    else { usage(); return 2; }
+    else {
+      usage();
+      return 2;
+    }
   }
-  if (!ext) { usage(); return 2; }
+  if (!ext) {
+    usage();
+    return 2;
+  }
   if (quick) {
     if (!runs_set) runs = 1;
     if (!pairs_set) pairs = 200;
@@ -636,7 +647,10 @@ int main(int argc, char **argv) {
     for (side = 0; side < N_SIDES; side++) {
       for (r = 0; r < 2; r++) {
         secs[which][side][r] = calloc((size_t)runs, sizeof(double));
-        if (!secs[which][side][r]) { fail("out of memory"); goto done; }
+        if (!secs[which][side][r]) {
+          fail("out of memory");
+          goto done;
+        }
       }
     }
   }
@@ -645,7 +659,10 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s", db_arg);
     remove_db(path);
   } else {
-    if (!mkdtemp(dir)) { fail("mkdtemp: %s", strerror(errno)); goto done; }
+    if (!mkdtemp(dir)) {
+      fail("mkdtemp: %s", strerror(errno));
+      goto done;
+    }
     made_dir = 1;
     snprintf(path, sizeof path, "%s/bench.db", dir);
   }
@@ -666,8 +683,8 @@ int main(int argc, char **argv) {
         side = (r % 2) ? N_SIDES - 1 - i : i;
         if (only_side >= 0 && side != only_side) continue;
         if (run_once(&b, which, side, pairs, &t)) goto done;
-        secs[which][side][0][r] = t.send + t.recv;  /* both phases */
-        secs[which][side][1][r] = t.send;           /* the send phase */
+        secs[which][side][0][r] = t.send + t.recv; /* both phases */
+        secs[which][side][1][r] = t.send;          /* the send phase */
       }
     }
   }
@@ -676,11 +693,12 @@ int main(int argc, char **argv) {
     double load = load_average();
     int have[N_SIDES];
     emit(&rep, "## chanlite vs the bare SQLite floor\n\n");
-    emit(&rep, "SQLite %s, %s; journal_mode=WAL, synchronous=NORMAL, busy_timeout=5000; "
-               "%d pairs per run, median of %d runs (min–max) after a warm-up; "
-               "load average at the end %.2f; %.0f s%s.\n\n",
-         sqlite3_libversion(), "one database file", pairs, runs, load,
-         monotonic() - t_start, quick ? "; --quick smoke run: speed not judged" : "");
+    emit(&rep,
+         "SQLite %s, %s; journal_mode=WAL, synchronous=NORMAL, busy_timeout=5000; "
+         "%d pairs per run, median of %d runs (min–max) after a warm-up; "
+         "load average at the end %.2f; %.0f s%s.\n\n",
+         sqlite3_libversion(), "one database file", pairs, runs, load, monotonic() - t_start,
+         quick ? "; --quick smoke run: speed not judged" : "");
     emit(&rep, "| case | unit | chanlite | floor | chanlite/floor |\n");
     emit(&rep, "|---|---|---|---|---|\n");
     for (which = 0; which < N_CASES; which++) {
@@ -693,8 +711,7 @@ int main(int argc, char **argv) {
         tot[side] = secs[which][side][0];
         snd[side] = secs[which][side][1];
       }
-      if (emit_row(&rep, case_label[which], "pairs/s",
-                   tot, have, runs, pairs, &ratio)) goto done;
+      if (emit_row(&rep, case_label[which], "pairs/s", tot, have, runs, pairs, &ratio)) goto done;
       if (which == CASE_PAIR) ratio_pair = ratio;
       if (which <= CASE_PAIR10K) continue;
       for (side = 0; side < N_SIDES; side++) {
@@ -730,7 +747,10 @@ int main(int argc, char **argv) {
       if (f) fclose(f);
       goto done;
     }
-    if (fclose(f) != 0) { fail("cannot write %s: %s", out, strerror(errno)); goto done; }
+    if (fclose(f) != 0) {
+      fail("cannot write %s: %s", out, strerror(errno));
+      goto done;
+    }
   }
   ret = 0;
 

@@ -11,7 +11,11 @@ SQLITE_EXTENSION_INIT3
 
 #include "chanlite_sql.h"
 
-#define CHANLITE_VERSION "v0.1.0"
+/* "v" and meson.build's project(version:), passed by meson.build: the version
+** has one home. */
+#ifndef CHANLITE_VERSION
+#error "CHANLITE_VERSION is defined by meson.build (-DCHANLITE_VERSION=\"v...\")"
+#endif
 
 /* 3.31.0 is Django 5.2's minimum too; it has SQLITE_DIRECTONLY (3.30),
 ** SQLITE_INNOCUOUS and sqlite3_vtab_config(SQLITE_VTAB_DIRECTONLY) (3.31). */
@@ -38,35 +42,35 @@ typedef struct ChannelName ChannelName;
 struct Chanlite {
   sqlite3 *db;
   sqlite3_stmt *stmt[CHANLITE_STMT_COUNT]; /* prepared on first use */
-  int anchored;        /* chanlite_statements is connected: caching is safe */
-  int orphaned;        /* its module is gone; freed when the table disconnects */
-  int own_txn;         /* this call began the transaction (vs. a savepoint) */
-  int clock_pinned;    /* chanlite_clock(t) is in force */
-  double clock;        /* the pinned time, Unix seconds */
-  int err_code;        /* error of the call under way, SQLite result code */
-  char *err;           /* its message, without the "chanlite: " prefix */
-  const char *fn;      /* name of the SQL function under way, for messages */
-  Chanlite *side;      /* a second connection for channel_recv_batch (vtab.c) */
-  int sent;            /* this call stored a message: ring on commit (wake.c) */
-  int ring_on_commit;  /* a send joined the caller's transaction (wake.c) */
-  int wal_hooked;      /* our WAL hook was installed (wake.c) */
-  int autocheckpoint;  /* what SQLite's own WAL hook would checkpoint at */
-  int batch_side;      /* this is a Chanlite's `side`: keeps its own WAL hook */
-  int next_restart;    /* WAL frames at which to try a restart again (disk.c) */
-  int restart_failures; /* restarts given up in a row, for the backoff (disk.c) */
-  int wal_frames;      /* the WAL's size at this batch connection's last commit */
-  double restart_deadline; /* when a restart's wait ends (disk.c) */
-  int bell_fd;         /* the bell, open for ringing; -1 not yet, -2 cannot */
-  int watch_fd;        /* inotify on the bell, for channel_wait; likewise */
-  long pid;            /* the process that loaded it: calls after a fork() are refused */
-  int schema_verified;   /* the chanlite tables are chanlite's (schema.c) */
-  int schema_reprepares; /* schema_check's re-preparations when verified */
-  double next_upkeep;  /* when a send next folds idle counters (stats.c) */
-  int removed;         /* this call removed messages: reclaim pages (disk.c) */
+  int anchored;                            /* chanlite_statements is connected: caching is safe */
+  int orphaned;                /* its module is gone; freed when the table disconnects */
+  int own_txn;                 /* this call began the transaction (vs. a savepoint) */
+  int clock_pinned;            /* chanlite_clock(t) is in force */
+  double clock;                /* the pinned time, Unix seconds */
+  int err_code;                /* error of the call under way, SQLite result code */
+  char *err;                   /* its message, without the "chanlite: " prefix */
+  const char *fn;              /* name of the SQL function under way, for messages */
+  Chanlite *side;              /* a second connection for channel_recv_batch (vtab.c) */
+  int sent;                    /* this call stored a message: ring on commit (wake.c) */
+  int ring_on_commit;          /* a send joined the caller's transaction (wake.c) */
+  int wal_hooked;              /* our WAL hook was installed (wake.c) */
+  int autocheckpoint;          /* what SQLite's own WAL hook would checkpoint at */
+  int batch_side;              /* this is a Chanlite's `side`: keeps its own WAL hook */
+  int next_restart;            /* WAL frames at which to try a restart again (disk.c) */
+  int restart_failures;        /* restarts given up in a row, for the backoff (disk.c) */
+  int wal_frames;              /* the WAL's size at this batch connection's last commit */
+  double restart_deadline;     /* when a restart's wait ends (disk.c) */
+  int bell_fd;                 /* the bell, open for ringing; -1 not yet, -2 cannot */
+  int watch_fd;                /* inotify on the bell, for channel_wait; likewise */
+  long pid;                    /* the process that loaded it: calls after a fork() are refused */
+  int schema_verified;         /* the chanlite tables are chanlite's (schema.c) */
+  int schema_reprepares;       /* schema_check's re-preparations when verified */
+  double next_upkeep;          /* when a send next folds idle counters (stats.c) */
+  int removed;                 /* this call removed messages: reclaim pages (disk.c) */
   sqlite3_int64 removed_bytes; /* their bodies' size, where known */
-  int page_size;       /* the database's, read once; 0 not yet (disk.c) */
-  int checkpoint_due;  /* a batch connection's checkpoint is unfinished (disk.c) */
-  int busy_timeout_ms; /* chanlite's busy handler: how long it waits (transaction.c) */
+  int page_size;               /* the database's, read once; 0 not yet (disk.c) */
+  int checkpoint_due;          /* a batch connection's checkpoint is unfinished (disk.c) */
+  int busy_timeout_ms;         /* chanlite's busy handler: how long it waits (transaction.c) */
   sqlite3_int64 busy_slept_us; /* and how long it has slept for the current lock */
 };
 
@@ -97,7 +101,7 @@ int chanlite_message_arg(Chanlite *c, sqlite3_value *v);
 sqlite3_stmt *chanlite_stmt(Chanlite *c, int id);
 int chanlite_step_done(Chanlite *c, sqlite3_stmt *s);
 int chanlite_step_exists(Chanlite *c, sqlite3_stmt *s, int *found);
-int chanlite_register_statements(sqlite3 *db, Chanlite *c);
+int chanlite_create_statements_module(sqlite3 *db, Chanlite *c, const char *name);
 
 /* transaction.c */
 int chanlite_begin(Chanlite *c);
@@ -116,11 +120,10 @@ int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, doub
 int chanlite_setting(Chanlite *c, const char *key, double *value);
 
 /* message.c */
-int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
-                      double now, sqlite3_int64 *id, int *full);
+int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                      sqlite3_int64 *id, int *full);
 int chanlite_peek(Chanlite *c, const ChannelName *ch, int *found);
-int chanlite_pop(Chanlite *c, const ChannelName *ch, double now,
-                 sqlite3_stmt **row);
+int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **row);
 int chanlite_pop_done(Chanlite *c, sqlite3_stmt *row);
 
 /* maintenance.c */
@@ -157,17 +160,15 @@ void chanlite_wake_close(Chanlite *c);
 void chanlite_wake_open(Chanlite *c);
 int chanlite_check_process(Chanlite *c);
 /* Registration: each concern registers its own SQL functions and modules. */
-typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc,
-                            sqlite3_value **argv);
+typedef void (*chanlite_fn)(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv);
 typedef struct ChanliteFunction {
   const char *name;
   int min_args, max_args;
-  const char *usage;   /* for wrong-argument-count errors */
+  const char *usage; /* for wrong-argument-count errors */
   int flags;
   chanlite_fn fn;
 } ChanliteFunction;
-int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns,
-                      int n, char **errmsg);
+int chanlite_register(sqlite3 *db, Chanlite *c, const ChanliteFunction *fns, int n, char **errmsg);
 
 extern const ChanliteFunction chanlite_message_functions[];
 extern const int chanlite_message_function_count;
@@ -179,7 +180,13 @@ extern const ChanliteFunction chanlite_config_functions[];
 extern const int chanlite_config_function_count;
 extern const ChanliteFunction chanlite_wake_functions[];
 extern const int chanlite_wake_function_count;
-int chanlite_register_vtabs(sqlite3 *db, Chanlite *c);
+/* Each registers one virtual table module as `name` (ext/chanlite.c's list
+** of modules names them all). */
+typedef int (*chanlite_module_create)(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_batch_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_channels_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_groups_module(sqlite3 *db, Chanlite *c, const char *name);
+int chanlite_create_stats_module(sqlite3 *db, Chanlite *c, const char *name);
 
 /* chanlite.c: register everything on a connection; *out is its state. */
 int chanlite_attach(sqlite3 *db, Chanlite **out, char **errmsg);

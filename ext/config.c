@@ -22,7 +22,7 @@
 typedef struct ConfigKey {
   const char *key;
   double dflt;
-  int integer;       /* a count, not seconds */
+  int integer; /* a count, not seconds */
 } ConfigKey;
 
 static const ConfigKey config_keys[] = {
@@ -277,7 +277,8 @@ static void fn_clock(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value 
   double t = sqlite3_value_double(argv[0]);
   (void)argc;
   if (inside_write(c->db)) {
-    chanlite_fail(c, SQLITE_MISUSE, "chanlite_clock() must run from a statement of its own, "
+    chanlite_fail(c, SQLITE_MISUSE,
+                  "chanlite_clock() must run from a statement of its own, "
                   "not from inside INSERT, UPDATE or DELETE");
     chanlite_report(c, ctx);
     return;
@@ -296,7 +297,8 @@ static void fn_clock(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value 
 }
 
 static void fn_now(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)argc; (void)argv;
+  (void)argc;
+  (void)argv;
   sqlite3_result_double(ctx, chanlite_time(c));
 }
 
@@ -305,11 +307,11 @@ static void fn_now(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **
 ** would change what every later call on the connection does: DIRECTONLY too.
 ** chanlite_now is harmless anywhere, but not DETERMINISTIC. */
 const ChanliteFunction chanlite_config_functions[] = {
-  {"chanlite_config", 1, 2, "chanlite_config(key) or chanlite_config(key, value)",
-   CHANLITE_WRITE, fn_config},
+  {"chanlite_config", 1, 2, "chanlite_config(key) or chanlite_config(key, value)", CHANLITE_WRITE,
+   fn_config},
   {"chanlite_capacity", 2, 2, "chanlite_capacity(glob, n)", CHANLITE_WRITE, fn_capacity},
   {"chanlite_clock", 1, 1, "chanlite_clock(unix_seconds_or_null)", CHANLITE_WRITE, fn_clock},
   {"chanlite_now", 0, 0, "chanlite_now()", SQLITE_UTF8 | SQLITE_INNOCUOUS, fn_now},
 };
-const int chanlite_config_function_count =
-    (int)(sizeof chanlite_config_functions / sizeof chanlite_config_functions[0]);
+const int chanlite_config_function_count = (int)(sizeof chanlite_config_functions /
+                                                 sizeof chanlite_config_functions[0]);

@@ -21,7 +21,8 @@
 **   PRAGMA freelist_count;         -- stays under 1 MB worth of pages
 **
 ** The file shrinks when the WAL is checkpointed (SQLite's auto-checkpoint
-** does it): until then the WAL holds the smaller database.
+** does it): until then the WAL holds the smaller database. See
+** docs/design.md, Disk.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <time.h>
@@ -84,8 +85,8 @@ static int vacuum_elsewhere(Chanlite *c) {
   }
   if (rc == SQLITE_OK) rc = sqlite3_exec(db, chanlite_stmt_sql[CHANLITE_STMT_VACUUM], 0, 0, 0);
   if (rc != SQLITE_OK && db) {
-    sqlite3_log(rc, "chanlite: could not turn on incremental auto-vacuum for %s: %s",
-                file, sqlite3_errmsg(db));
+    sqlite3_log(rc, "chanlite: could not turn on incremental auto-vacuum for %s: %s", file,
+                sqlite3_errmsg(db));
   }
   sqlite3_close_v2(db);
   return rc;
@@ -279,7 +280,7 @@ void chanlite_disk_checkpoint(Chanlite *c, sqlite3 *db, const char *zDb, int fra
 void chanlite_disk_between_batches(Chanlite *c) {
   int frames, every;
   if (!c->side) return;
-  every = c->side->autocheckpoint;  /* the caller's, as the batch last saw it */
+  every = c->side->autocheckpoint; /* the caller's, as the batch last saw it */
   if (every <= 0 || c->side->wal_frames < RESTART_FACTOR * every) return;
   frames = c->side->wal_frames;
   c->side->wal_frames = 0;

@@ -42,34 +42,39 @@ int chanlite_fail_sqlite(Chanlite *c, int rc) {
   if (strstr(msg, "SQL statements in progress")) {
     /* Not SQLITE_BUSY, which callers retry: no retry can fix this. */
     return chanlite_fail(c, SQLITE_MISUSE,
-        "%s() must run from a statement of its own, not from inside "
-        "INSERT, UPDATE or DELETE: use SELECT %s(...)", c->fn, c->fn);
+                         "%s() must run from a statement of its own, not from inside "
+                         "INSERT, UPDATE or DELETE: use SELECT %s(...)",
+                         c->fn, c->fn);
   }
   if (sqlite3_extended_errcode(c->db) == SQLITE_BUSY_SNAPSHOT) {
     return chanlite_fail(c, rc,
-        "%s(): %s (this transaction read before another connection wrote, so "
-        "it can no longer write: roll it back and run it again, and begin "
-        "transactions that use chanlite with BEGIN IMMEDIATE)", c->fn, msg);
+                         "%s(): %s (this transaction read before another connection wrote, so "
+                         "it can no longer write: roll it back and run it again, and begin "
+                         "transactions that use chanlite with BEGIN IMMEDIATE)",
+                         c->fn, msg);
   }
   if ((rc & 0xff) == SQLITE_BUSY) {
     return chanlite_fail(c, rc,
-        "%s(): %s (another connection held the write lock past the busy "
-        "timeout: retry, or raise the busy timeout; or this call runs in a "
-        "statement or transaction that has already read and so cannot wait: "
-        "call it from a statement of its own, and begin transactions that use "
-        "chanlite with BEGIN IMMEDIATE)", c->fn, msg);
+                         "%s(): %s (another connection held the write lock past the busy "
+                         "timeout: retry, or raise the busy timeout; or this call runs in a "
+                         "statement or transaction that has already read and so cannot wait: "
+                         "call it from a statement of its own, and begin transactions that use "
+                         "chanlite with BEGIN IMMEDIATE)",
+                         c->fn, msg);
   }
   if ((rc & 0xff) == SQLITE_FULL) {
     /* SQLite says the same for a full disk and for max_page_count. */
     return chanlite_fail(c, rc,
-        "%s(): %s (no space left for the database file, its -wal or its "
-        "journal, or PRAGMA max_page_count reached: this call changed nothing; "
-        "free space, then retry)", c->fn, msg);
+                         "%s(): %s (no space left for the database file, its -wal or its "
+                         "journal, or PRAGMA max_page_count reached: this call changed nothing; "
+                         "free space, then retry)",
+                         c->fn, msg);
   }
   if ((rc & 0xff) == SQLITE_TOOBIG) {
     return chanlite_fail(c, rc,
-        "%s(): %s (a message is longer than this connection's length limit, "
-        "SQLITE_LIMIT_LENGTH: this call changed nothing)", c->fn, msg);
+                         "%s(): %s (a message is longer than this connection's length limit, "
+                         "SQLITE_LIMIT_LENGTH: this call changed nothing)",
+                         c->fn, msg);
   }
   return chanlite_fail(c, rc, "%s(): %s", c->fn, msg);
 }

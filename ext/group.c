@@ -26,8 +26,8 @@ static int membership_expiry(Chanlite *c, double *seconds) {
   return rc;
 }
 
-static int group_and_channel(Chanlite *c, sqlite3_value **argv, const char **group,
-                             int *n_group, ChannelName *ch) {
+static int group_and_channel(Chanlite *c, sqlite3_value **argv, const char **group, int *n_group,
+                             ChannelName *ch) {
   int rc = chanlite_group_arg(c, argv[0], group, n_group);
   if (rc == SQLITE_OK) rc = chanlite_channel_arg(c, argv[1], ch);
   return rc;
@@ -62,8 +62,8 @@ static void fn_group_add(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_va
 
 /* Run one of the two discard statements; *removed (if given) says whether
 ** it deleted a row. */
-static int discard(Chanlite *c, int id, const char *group, int n_group,
-                   const ChannelName *ch, double now, int *removed) {
+static int discard(Chanlite *c, int id, const char *group, int n_group, const ChannelName *ch,
+                   double now, int *removed) {
   sqlite3_stmt *s = chanlite_stmt(c, id);
   int rc;
   if (!s) return c->err_code;
@@ -87,7 +87,8 @@ static void fn_group_discard(Chanlite *c, sqlite3_context *ctx, int argc, sqlite
     if (rc == SQLITE_OK) {
       rc = discard(c, CHANLITE_STMT_GROUP_DISCARD_EXPIRED, group, n_group, &ch, now, 0);
     }
-    if (rc == SQLITE_OK) rc = discard(c, CHANLITE_STMT_GROUP_DISCARD, group, n_group, &ch, now, &removed);
+    if (rc == SQLITE_OK)
+      rc = discard(c, CHANLITE_STMT_GROUP_DISCARD, group, n_group, &ch, now, &removed);
     rc = chanlite_end(c, rc);
   }
   if (rc == SQLITE_OK) sqlite3_result_int(ctx, removed);
@@ -95,8 +96,8 @@ static void fn_group_discard(Chanlite *c, sqlite3_context *ctx, int argc, sqlite
 }
 
 /* Deliver to every live member, skipping full ones. Runs in a transaction. */
-static int send_to_members(Chanlite *c, const char *group, int n_group,
-                           sqlite3_value *msg, double now, sqlite3_int64 *delivered) {
+static int send_to_members(Chanlite *c, const char *group, int n_group, sqlite3_value *msg,
+                           double now, sqlite3_int64 *delivered) {
   sqlite3_stmt *purge = chanlite_stmt(c, CHANLITE_STMT_GROUP_PURGE_EXPIRED);
   sqlite3_stmt *members;
   int rc;
@@ -116,15 +117,24 @@ static int send_to_members(Chanlite *c, const char *group, int n_group,
     int full = 0;
     const char *z;
     rc = sqlite3_step(members);
-    if (rc == SQLITE_DONE) { rc = SQLITE_OK; break; }
-    if (rc != SQLITE_ROW) { chanlite_fail_sqlite(c, rc); break; }
+    if (rc == SQLITE_DONE) {
+      rc = SQLITE_OK;
+      break;
+    }
+    if (rc != SQLITE_ROW) {
+      chanlite_fail_sqlite(c, rc);
+      break;
+    }
     if (sqlite3_column_type(members, 0) != SQLITE_TEXT) {
-      rc = chanlite_fail(c, SQLITE_CORRUPT, "group %.*s has a member that is not TEXT",
-                         n_group, group);
+      rc = chanlite_fail(c, SQLITE_CORRUPT, "group %.*s has a member that is not TEXT", n_group,
+                         group);
       break;
     }
     z = (const char *)sqlite3_column_text(members, 0);
-    if (!z) { rc = chanlite_fail(c, SQLITE_NOMEM, "out of memory"); break; }
+    if (!z) {
+      rc = chanlite_fail(c, SQLITE_NOMEM, "out of memory");
+      break;
+    }
     /* Names were checked by group_add; a row written some other way is
     ** checked again rather than trusted. */
     rc = chanlite_channel_text(c, z, sqlite3_column_bytes(members, 0), &ch);
@@ -160,5 +170,5 @@ const ChanliteFunction chanlite_group_functions[] = {
   {"group_discard", 2, 2, "group_discard(group, channel)", CHANLITE_WRITE, fn_group_discard},
   {"group_send", 2, 2, "group_send(group, message)", CHANLITE_WRITE, fn_group_send},
 };
-const int chanlite_group_function_count =
-    (int)(sizeof chanlite_group_functions / sizeof chanlite_group_functions[0]);
+const int chanlite_group_function_count = (int)(sizeof chanlite_group_functions /
+                                                sizeof chanlite_group_functions[0]);

@@ -79,14 +79,16 @@ static void trim_or_flush(Chanlite *c, sqlite3_context *ctx, int flush) {
 }
 
 static void fn_trim(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)argc; (void)argv;
+  (void)argc;
+  (void)argv;
   trim_or_flush(c, ctx, 0);
 }
 
 /* Flush empties everything, counters and dead letters too: it is how tests
 ** start from nothing, and what an operator asks for when they flush. */
 static void fn_flush(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-  (void)argc; (void)argv;
+  (void)argc;
+  (void)argv;
   trim_or_flush(c, ctx, 1);
 }
 
@@ -94,5 +96,5 @@ const ChanliteFunction chanlite_maintenance_functions[] = {
   {"channel_trim", 0, 0, "channel_trim()", CHANLITE_WRITE, fn_trim},
   {"channel_flush", 0, 0, "channel_flush()", CHANLITE_WRITE, fn_flush},
 };
-const int chanlite_maintenance_function_count =
-    (int)(sizeof chanlite_maintenance_functions / sizeof chanlite_maintenance_functions[0]);
+const int chanlite_maintenance_function_count = (int)(sizeof chanlite_maintenance_functions /
+                                                      sizeof chanlite_maintenance_functions[0]);

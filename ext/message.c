@@ -11,7 +11,9 @@
 ** then) and is never delivered after that. A channel (for `prefix!local`, the
 ** whole `prefix!`) holds at most its capacity of unexpired messages; a send
 ** over it fails with "chanlite: channel full: NAME" and SQLITE_CONSTRAINT,
-** and is counted as refused (ext/stats.c).
+** and is counted as refused (ext/stats.c). Why capacity stays exact and a
+** message is delivered at most once: docs/design.md, Sending, Receiving and
+** Guarantees.
 */
 #include "chanlite.h"
 
@@ -28,7 +30,8 @@ static int send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
   if (rc == SQLITE_ROW) {
     double n = 0;
     rc = chanlite_stored_setting(c, "expiry", sqlite3_column_value(s, 0), expiry);
-    if (rc == SQLITE_OK) rc = chanlite_stored_setting(c, "capacity", sqlite3_column_value(s, 1), &n);
+    if (rc == SQLITE_OK)
+      rc = chanlite_stored_setting(c, "capacity", sqlite3_column_value(s, 1), &n);
     *capacity = (sqlite3_int64)n;
   } else {
     chanlite_fail_sqlite(c, rc);
@@ -78,8 +81,8 @@ static int check_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth)
 }
 
 /* Store one message unless its queue is full. Runs inside a transaction. */
-int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg,
-                      double now, sqlite3_int64 *id, int *full) {
+int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                      sqlite3_int64 *id, int *full) {
   double expiry = 0;
   sqlite3_int64 capacity = 0, depth = 0;
   sqlite3_stmt *s;
@@ -115,8 +118,7 @@ static int whole_queue(const ChannelName *ch) {
   return ch->local == 0 || ch->n_local == 0;
 }
 
-static sqlite3_stmt *bind_queue(Chanlite *c, const ChannelName *ch, int queue_id,
-                                int local_id) {
+static sqlite3_stmt *bind_queue(Chanlite *c, const ChannelName *ch, int queue_id, int local_id) {
   int whole = whole_queue(ch);
   sqlite3_stmt *s = chanlite_stmt(c, whole ? queue_id : local_id);
   if (!s) return 0;
@@ -161,10 +163,11 @@ int chanlite_pop(Chanlite *c, const ChannelName *ch, double now, sqlite3_stmt **
       if (type != SQLITE_TEXT && type != SQLITE_BLOB) {
         /* Not stored by chanlite: refused, not delivered (a NULL would
         ** read as "no message"), and left for whoever put it there. */
-        rc = chanlite_fail(c, SQLITE_CORRUPT, "%s(): message %lld in chanlite_message is %s, "
+        rc = chanlite_fail(c, SQLITE_CORRUPT,
+                           "%s(): message %lld in chanlite_message is %s, "
                            "not TEXT or BLOB, so chanlite did not store it; delete it with "
-                           "DELETE FROM chanlite_message WHERE id = %lld", c->fn,
-                           sqlite3_column_int64(s, 0), chanlite_type_name(type),
+                           "DELETE FROM chanlite_message WHERE id = %lld",
+                           c->fn, sqlite3_column_int64(s, 0), chanlite_type_name(type),
                            sqlite3_column_int64(s, 0));
         sqlite3_reset(s);
         return rc;
@@ -239,5 +242,5 @@ const ChanliteFunction chanlite_message_functions[] = {
   {"channel_send", 2, 2, "channel_send(channel, message)", CHANLITE_WRITE, fn_send},
   {"channel_recv", 1, 1, "channel_recv(channel)", CHANLITE_WRITE, fn_recv},
 };
-const int chanlite_message_function_count =
-    (int)(sizeof chanlite_message_functions / sizeof chanlite_message_functions[0]);
+const int chanlite_message_function_count = (int)(sizeof chanlite_message_functions /
+                                                  sizeof chanlite_message_functions[0]);

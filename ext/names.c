@@ -11,8 +11,8 @@
 #include "chanlite.h"
 
 static int name_char(unsigned char ch) {
-  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-         (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.';
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+         ch == '-' || ch == '_' || ch == '.';
 }
 
 /* The name as it goes into an error message: printable ASCII as is, other
@@ -30,8 +30,7 @@ static char *render(const char *z, int n) {
 }
 
 /* Why z is not a valid name, or NULL if it is one. */
-static const char *name_problem(const char *z, int n, int allow_bang,
-                                char *buf, int nbuf) {
+static const char *name_problem(const char *z, int n, int allow_bang, char *buf, int nbuf) {
   int i, bang = -1;
   if (n == 0) return "empty";
   if (n > CHANLITE_MAX_NAME) return "100 characters or longer";
@@ -50,8 +49,7 @@ static const char *name_problem(const char *z, int n, int allow_bang,
   return 0;
 }
 
-static int invalid_name(Chanlite *c, const char *kind, const char *z, int n,
-                        const char *why) {
+static int invalid_name(Chanlite *c, const char *kind, const char *z, int n, const char *why) {
   char *shown;
   int rc;
   if (n == 0) return chanlite_fail(c, SQLITE_ERROR, "invalid %s name: '' (empty)", kind);

@@ -28,7 +28,7 @@
 #include "chanlite.h"
 
 typedef struct Definition {
-  char *type, *name, *table, *sql;  /* sql: without comments, spaces collapsed */
+  char *type, *name, *table, *sql; /* sql: without comments, spaces collapsed */
 } Definition;
 
 typedef struct Definitions {
@@ -51,8 +51,8 @@ static void definitions_free(Definitions *defs) {
 /* Whether a space next to c can matter to the parser: between two words
 ** it separates them; next to punctuation it never does. */
 static int word_char(char c) {
-  return isalnum((unsigned char)c) || c == '_' || c == '$' || c == '\'' ||
-         c == '"' || c == '`' || c == '[' || c == ']' || (unsigned char)c >= 0x80;
+  return isalnum((unsigned char)c) || c == '_' || c == '$' || c == '\'' || c == '"' || c == '`' ||
+         c == '[' || c == ']' || (unsigned char)c >= 0x80;
 }
 
 /* The statement as SQLite parses it: comments dropped, spaces kept only
@@ -113,15 +113,17 @@ static char *column_copy(sqlite3_stmt *s, int col) {
 /* The tables, views and triggers of db's main schema. */
 static int load(sqlite3 *db, Definitions *out) {
   sqlite3_stmt *s = 0;
-  int rc = sqlite3_prepare_v2(db, chanlite_stmt_sql[CHANLITE_STMT_SCHEMA_DEFINITIONS], -1,
-                              &s, 0);
+  int rc = sqlite3_prepare_v2(db, chanlite_stmt_sql[CHANLITE_STMT_SCHEMA_DEFINITIONS], -1, &s, 0);
   while (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
     Definition *d;
     rc = SQLITE_OK;
     if (out->n == out->alloc) {
       int alloc = out->alloc ? out->alloc * 2 : 16;
       Definition *grown = sqlite3_realloc64(out->d, sizeof *grown * (sqlite3_uint64)alloc);
-      if (!grown) { rc = SQLITE_NOMEM; break; }
+      if (!grown) {
+        rc = SQLITE_NOMEM;
+        break;
+      }
       out->d = grown;
       out->alloc = alloc;
     }

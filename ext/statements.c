@@ -36,7 +36,8 @@ static int anchor(Chanlite *c) {
   if (!c->anchored) {
     return chanlite_fail(c, SQLITE_ERROR,
                          "%s(): cannot connect chanlite_statements "
-                         "(is there a table of that name?)", c->fn);
+                         "(is there a table of that name?)",
+                         c->fn);
   }
   return SQLITE_OK;
 }
@@ -45,8 +46,8 @@ sqlite3_stmt *chanlite_stmt(Chanlite *c, int id) {
   int rc;
   if (c->stmt[id]) return c->stmt[id];
   if (!c->anchored && anchor(c) != SQLITE_OK) return 0;
-  rc = sqlite3_prepare_v3(c->db, chanlite_stmt_sql[id], -1,
-                          SQLITE_PREPARE_PERSISTENT, &c->stmt[id], 0);
+  rc = sqlite3_prepare_v3(c->db, chanlite_stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->stmt[id],
+                          0);
   if (rc != SQLITE_OK) {
     chanlite_fail_sqlite(c, rc);
     sqlite3_finalize(c->stmt[id]);
@@ -90,7 +91,9 @@ static int stmts_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
                          sqlite3_vtab **out, char **err) {
   StatementsTab *t;
   int rc;
-  (void)argc; (void)argv; (void)err;
+  (void)argc;
+  (void)argv;
+  (void)err;
   rc = sqlite3_declare_vtab(db, "CREATE TABLE x(name TEXT, sql TEXT, prepared INTEGER)");
   if (rc != SQLITE_OK) return rc;
   t = sqlite3_malloc(sizeof *t);
@@ -140,9 +143,12 @@ static int stmts_close(sqlite3_vtab_cursor *cur) {
   return SQLITE_OK;
 }
 
-static int stmts_filter(sqlite3_vtab_cursor *cur, int idxNum, const char *idxStr,
-                        int argc, sqlite3_value **argv) {
-  (void)idxNum; (void)idxStr; (void)argc; (void)argv;
+static int stmts_filter(sqlite3_vtab_cursor *cur, int idxNum, const char *idxStr, int argc,
+                        sqlite3_value **argv) {
+  (void)idxNum;
+  (void)idxStr;
+  (void)argc;
+  (void)argv;
   ((StatementsCursor *)cur)->id = 0;
   return SQLITE_OK;
 }
@@ -205,9 +211,8 @@ static void chanlite_free(void *p) {
   sqlite3_free(c);
 }
 
-/* Registered first, so that the module owns the state from the start and
-** frees it even if a later registration fails. */
-int chanlite_register_statements(sqlite3 *db, Chanlite *c) {
-  return sqlite3_create_module_v2(db, "chanlite_statements", &statements_module,
-                                  c, chanlite_free);
+/* Registered first (ext/chanlite.c), so that the module owns the state from
+** the start and frees it even if a later registration fails. */
+int chanlite_create_statements_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return sqlite3_create_module_v2(db, name, &statements_module, c, chanlite_free);
 }

@@ -76,8 +76,8 @@ int chanlite_count_expired(Chanlite *c, double now, int limit) {
 ** followed by `local` (what follows the `!`; NULL when `name` is the full
 ** name); it was sent at `sent_at`, or when NULL at `now`. */
 static int keep_dead(Chanlite *c, const char *name, int n_name, sqlite3_value *local,
-                     const char *reason, sqlite3_value *sent_at, double now,
-                     double dead_at, sqlite3_value *body, sqlite3_int64 kept) {
+                     const char *reason, sqlite3_value *sent_at, double now, double dead_at,
+                     sqlite3_value *body, sqlite3_int64 kept) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_DEAD_ONE);
   int rc;
   if (!s) return c->err_code;
@@ -154,8 +154,8 @@ int chanlite_uncount_put_back(Chanlite *c, const char *queue, int n_queue) {
 ** past their retention. `limit` bounds the queues folded (-1: all). */
 static int upkeep(Chanlite *c, double now, sqlite3_int64 limit) {
   static const int fold[] = {
-    CHANLITE_STMT_MARK_IDLE_QUEUES, CHANLITE_STMT_FOLD_IDLE_SENT,
-    CHANLITE_STMT_FOLD_IDLE_COUNTERS, CHANLITE_STMT_REMOVE_IDLE_QUEUES,
+    CHANLITE_STMT_MARK_IDLE_QUEUES,     CHANLITE_STMT_FOLD_IDLE_SENT,
+    CHANLITE_STMT_FOLD_IDLE_COUNTERS,   CHANLITE_STMT_REMOVE_IDLE_QUEUES,
     CHANLITE_STMT_REMOVE_IDLE_COUNTERS,
   };
   double retention = 0, dead_retention = 0;

@@ -13,7 +13,7 @@
 ** is running; so chanlite_*() write functions must be called from a
 ** statement of their own (`SELECT channel_send(?, ?)`), not from
 ** `INSERT ... SELECT` or `UPDATE`. That misuse is reported by name
-** (errors.c).
+** (errors.c). See docs/design.md, Transactions.
 */
 #include <string.h>
 #include "chanlite.h"
@@ -106,8 +106,8 @@ static int ensure_schema(Chanlite *c, int *blank) {
 ** every statement of the connection until that outer one ends, so one
 ** that still had to be prepared then could not roll the call back. */
 static int prepare_endings(Chanlite *c) {
-  static const int ids[] = {CHANLITE_STMT_COMMIT, CHANLITE_STMT_ROLLBACK,
-                            CHANLITE_STMT_RELEASE, CHANLITE_STMT_ROLLBACK_TO};
+  static const int ids[] = {CHANLITE_STMT_COMMIT, CHANLITE_STMT_ROLLBACK, CHANLITE_STMT_RELEASE,
+                            CHANLITE_STMT_ROLLBACK_TO};
   int i;
   for (i = 0; i < (int)(sizeof ids / sizeof ids[0]); i++) {
     if (!chanlite_stmt(c, ids[i])) return c->err_code;

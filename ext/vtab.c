@@ -20,7 +20,8 @@
 **   SELECT * FROM chanlite_stats;     -- counters per queue, then the totals
 **
 ** list channels with unexpired messages, live memberships, and the traffic
-** counters (ext/stats.c).
+** counters (ext/stats.c). How a batch pops, and why through a second
+** connection: docs/design.md, Receiving.
 */
 #include <string.h>
 #include <limits.h>
@@ -47,17 +48,17 @@ typedef struct BatchTab {
 
 /* A popped message, held until the caller reads it. */
 typedef struct Popped {
-  char *channel;          /* full name */
+  char *channel; /* full name */
   sqlite3_value *body;
   sqlite3_int64 id;
   double sent_at, expires_at;
-  int read;               /* the caller read its message column */
+  int read; /* the caller read its message column */
 } Popped;
 
 typedef struct BatchCursor {
   sqlite3_vtab_cursor base;
-  Chanlite *worker;       /* the connection it popped through */
-  int n_queue;            /* bytes of each channel name that are its queue */
+  Chanlite *worker; /* the connection it popped through */
+  int n_queue;      /* bytes of each channel name that are its queue */
   int n, i, alloc;
   Popped *rows;
 } BatchCursor;
@@ -78,7 +79,9 @@ static int batch_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
                          sqlite3_vtab **out, char **err) {
   BatchTab *t;
   int rc;
-  (void)argc; (void)argv; (void)err;
+  (void)argc;
+  (void)argv;
+  (void)err;
   /* The hidden columns after the arguments: read them by name. */
   rc = sqlite3_declare_vtab(db, "CREATE TABLE x(channel TEXT, message BLOB, "
                                 "from_channel HIDDEN, max HIDDEN, expires_at REAL HIDDEN)");
@@ -119,7 +122,10 @@ static int batch_best_index(sqlite3_vtab *vtab, sqlite3_index_info *info) {
       return SQLITE_OK;
     }
     if (k->iColumn != BATCH_COL_FROM && k->iColumn != BATCH_COL_MAX) continue;
-    if (!k->usable || k->op != SQLITE_INDEX_CONSTRAINT_EQ) { unusable = 1; continue; }
+    if (!k->usable || k->op != SQLITE_INDEX_CONSTRAINT_EQ) {
+      unusable = 1;
+      continue;
+    }
     if (k->iColumn == BATCH_COL_FROM) from = i;
     else max = i;
   }
@@ -150,7 +156,10 @@ static int put_back_once(BatchCursor *cur) {
     Popped *p = &cur->rows[i];
     if (p->read) continue;
     s = chanlite_stmt(w, CHANLITE_STMT_PUT_BACK);
-    if (!s) { rc = w->err_code; break; }
+    if (!s) {
+      rc = w->err_code;
+      break;
+    }
     sqlite3_bind_int64(s, 1, p->id);
     sqlite3_bind_text(s, 2, p->channel, cur->n_queue, SQLITE_STATIC);
     if (p->channel[cur->n_queue - 1] == '!') {
@@ -180,8 +189,10 @@ static void batch_put_back(BatchCursor *cur) {
     rc = put_back_once(cur);
   }
   if (rc != SQLITE_OK) {
-    sqlite3_log(rc, "chanlite: channel_recv_batch could not put back %d unread "
-                "messages: %s", unread, w->err ? w->err : "error");
+    sqlite3_log(rc,
+                "chanlite: channel_recv_batch could not put back %d unread "
+                "messages: %s",
+                unread, w->err ? w->err : "error");
   }
   chanlite_clear_error(w);
 }
@@ -215,8 +226,7 @@ static int batch_close(sqlite3_vtab_cursor *cur) {
 }
 
 /* Keep the row the head statement is on. */
-static int batch_keep(Chanlite *c, BatchCursor *cur, const ChannelName *ch,
-                      sqlite3_stmt *row) {
+static int batch_keep(Chanlite *c, BatchCursor *cur, const ChannelName *ch, sqlite3_stmt *row) {
   const char *local = (const char *)sqlite3_column_text(row, 1);
   Popped *p;
   if (cur->n == cur->alloc) {
@@ -248,11 +258,11 @@ static int batch_max_arg(Chanlite *c, sqlite3_value *v, int *max) {
     *max = sqlite3_value_int(v);
     return SQLITE_OK;
   }
-  return chanlite_fail(c, SQLITE_MISMATCH,
-                       "channel_recv_batch() max must be an INTEGER from 1 to %d, not %s",
-                       BATCH_MAX, sqlite3_value_type(v) == SQLITE_INTEGER
-                                      ? "one outside that range"
-                                      : chanlite_type_name(sqlite3_value_type(v)));
+  return chanlite_fail(
+    c, SQLITE_MISMATCH, "channel_recv_batch() max must be an INTEGER from 1 to %d, not %s",
+    BATCH_MAX,
+    sqlite3_value_type(v) == SQLITE_INTEGER ? "one outside that range"
+                                            : chanlite_type_name(sqlite3_value_type(v)));
 }
 
 /* A pragma's single value (and its text, if asked). Its failure fails the
@@ -322,8 +332,10 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
     ** pop writes; a caller that chose FAST or OFF chose otherwise. */
     rc = pragma_value(c, CHANLITE_STMT_SECURE_DELETE, &level, 0, 0);
     if (rc != SQLITE_OK) return rc;
-    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.secure_delete=%s",
-                                       level == 2 ? "FAST" : level ? "ON" : "OFF") : 0;
+    sql = level >= 0 ? sqlite3_mprintf("PRAGMA main.secure_delete=%s", level == 2 ? "FAST"
+                                                                       : level    ? "ON"
+                                                                                  : "OFF")
+                     : 0;
     if (sql) sqlite3_exec(db, sql, 0, 0, 0);
     sqlite3_free(sql);
     /* Batches write much of the WAL, so this connection is often the one
@@ -358,8 +370,8 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
   return SQLITE_OK;
 }
 
-static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
-                        int argc, sqlite3_value **argv) {
+static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr, int argc,
+                        sqlite3_value **argv) {
   BatchCursor *cur = (BatchCursor *)base;
   Chanlite *c = ((BatchTab *)base->pVtab)->c;
   Chanlite *w;
@@ -368,7 +380,8 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
   sqlite3_int64 bytes = 0;
   int max = 0, found = 0, rc;
   double now = chanlite_time(c);
-  (void)idxStr; (void)argc;
+  (void)idxStr;
+  (void)argc;
   batch_clear(cur);
   c->fn = "channel_recv_batch";
   if (idxNum == BATCH_PLAN_NO_ARGS) {
@@ -376,12 +389,14 @@ static int batch_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
     return vtab_error(c, base->pVtab);
   }
   if (idxNum == BATCH_PLAN_EXTRA_ARG) {
-    chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch() takes 2 arguments (channel, max), "
+    chanlite_fail(c, SQLITE_ERROR,
+                  "channel_recv_batch() takes 2 arguments (channel, max), "
                   "and its expires_at column cannot be filtered");
     return vtab_error(c, base->pVtab);
   }
   if (idxNum == BATCH_PLAN_ORDER_BY) {
-    chanlite_fail(c, SQLITE_ERROR, "channel_recv_batch() rows come in FIFO order: "
+    chanlite_fail(c, SQLITE_ERROR,
+                  "channel_recv_batch() rows come in FIFO order: "
                   "ORDER BY is not allowed");
     return vtab_error(c, base->pVtab);
   }
@@ -458,9 +473,9 @@ static int batch_column(sqlite3_vtab_cursor *base, sqlite3_context *ctx, int col
     if (sqlite3_value_bytes(p->body) > limit) {
       sqlite3_free(base->pVtab->zErrMsg);
       base->pVtab->zErrMsg = sqlite3_mprintf(
-          "chanlite: channel_recv_batch(): a message of %d bytes is longer than this "
-          "connection's length limit (SQLITE_LIMIT_LENGTH, %d bytes): it stays queued",
-          sqlite3_value_bytes(p->body), limit);
+        "chanlite: channel_recv_batch(): a message of %d bytes is longer than this "
+        "connection's length limit (SQLITE_LIMIT_LENGTH, %d bytes): it stays queued",
+        sqlite3_value_bytes(p->body), limit);
       rc = SQLITE_TOOBIG;
     } else {
       rc = result_copy(ctx, type, sqlite3_value_blob(p->body), sqlite3_value_bytes(p->body));
@@ -498,10 +513,10 @@ static const sqlite3_module batch_module = {
 
 typedef struct QueryModule {
   Chanlite *c;
-  const char *name;     /* the table's, for error messages */
-  int stmt_id;          /* from sql/introspection.sql or stats.sql; ?1 is now */
-  int empty_id;         /* its rows before there are tables; -1: none */
-  const char *columns;  /* the table declaration */
+  const char *name;    /* the table's, for error messages */
+  int stmt_id;         /* from sql/introspection.sql or stats.sql; ?1 is now */
+  int empty_id;        /* its rows before there are tables; -1: none */
+  const char *columns; /* the table declaration */
 } QueryModule;
 
 typedef struct QueryTab {
@@ -511,7 +526,7 @@ typedef struct QueryTab {
 
 typedef struct QueryCursor {
   sqlite3_vtab_cursor base;
-  sqlite3_stmt *stmt;   /* its own, not cached: cursors may nest */
+  sqlite3_stmt *stmt; /* its own, not cached: cursors may nest */
   int eof;
   sqlite3_int64 rowid;
 } QueryCursor;
@@ -521,7 +536,9 @@ static int query_connect(sqlite3 *db, void *aux, int argc, const char *const *ar
   QueryModule *q = aux;
   QueryTab *t;
   int rc;
-  (void)argc; (void)argv; (void)err;
+  (void)argc;
+  (void)argv;
+  (void)err;
   rc = sqlite3_declare_vtab(db, q->columns);
   if (rc != SQLITE_OK) return rc;
   t = sqlite3_malloc(sizeof *t);
@@ -566,13 +583,16 @@ static int query_next(sqlite3_vtab_cursor *base) {
   return vtab_error(q->c, base->pVtab);
 }
 
-static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr,
-                        int argc, sqlite3_value **argv) {
+static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxStr, int argc,
+                        sqlite3_value **argv) {
   QueryCursor *cur = (QueryCursor *)base;
   QueryModule *q = ((QueryTab *)base->pVtab)->q;
   Chanlite *c = q->c;
   int rc;
-  (void)idxNum; (void)idxStr; (void)argc; (void)argv;
+  (void)idxNum;
+  (void)idxStr;
+  (void)argc;
+  (void)argv;
   c->fn = q->name;
   sqlite3_finalize(cur->stmt);
   cur->stmt = 0;
@@ -585,7 +605,7 @@ static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
     outdated = c->err && strstr(c->err, "no such column");
     if (chanlite_schema_missing(c)) {
       if (q->empty_id < 0) return SQLITE_OK; /* no tables: no rows */
-      outdated = chanlite_has_tables(c); /* a table newer than the rest is missing */
+      outdated = chanlite_has_tables(c);     /* a table newer than the rest is missing */
       if (!outdated) {
         rc = sqlite3_prepare_v2(c->db, chanlite_stmt_sql[q->empty_id], -1, &cur->stmt, 0);
         if (rc == SQLITE_OK) return query_next(base);
@@ -595,7 +615,8 @@ static int query_filter(sqlite3_vtab_cursor *base, int idxNum, const char *idxSt
     if (outdated) {
       /* Reading writes nothing, so it cannot upgrade the tables itself. */
       chanlite_clear_error(c);
-      chanlite_fail(c, SQLITE_ERROR, "%s: this database's chanlite tables were made by an "
+      chanlite_fail(c, SQLITE_ERROR,
+                    "%s: this database's chanlite tables were made by an "
                     "older chanlite; any write upgrades them (SELECT channel_trim())",
                     c->fn);
     }
@@ -633,8 +654,8 @@ static const sqlite3_module query_module = {
   .xRowid = query_rowid,
 };
 
-static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_id,
-                          int empty_id, const char *columns) {
+static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_id, int empty_id,
+                          const char *columns) {
   QueryModule *q = sqlite3_malloc(sizeof *q);
   if (!q) return SQLITE_NOMEM;
   q->c = c;
@@ -645,22 +666,23 @@ static int register_query(sqlite3 *db, Chanlite *c, const char *name, int stmt_i
   return sqlite3_create_module_v2(db, name, &query_module, q, sqlite3_free);
 }
 
-int chanlite_register_vtabs(sqlite3 *db, Chanlite *c) {
-  int rc = sqlite3_create_module_v2(db, "channel_recv_batch", &batch_module, c, 0);
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_channels", CHANLITE_STMT_LIST_CHANNELS, -1,
+int chanlite_create_batch_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return sqlite3_create_module_v2(db, name, &batch_module, c, 0);
+}
+
+int chanlite_create_channels_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_CHANNELS, -1,
                         "CREATE TABLE x(channel TEXT, depth INTEGER, oldest_age REAL)");
-  }
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_groups", CHANLITE_STMT_LIST_GROUPS, -1,
+}
+
+int chanlite_create_groups_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_GROUPS, -1,
                         "CREATE TABLE x(group_name TEXT, channel TEXT, expires_in REAL)");
-  }
-  if (rc == SQLITE_OK) {
-    rc = register_query(db, c, "chanlite_stats", CHANLITE_STMT_LIST_STATS,
-                        CHANLITE_STMT_LIST_STATS_EMPTY,
+}
+
+int chanlite_create_stats_module(sqlite3 *db, Chanlite *c, const char *name) {
+  return register_query(db, c, name, CHANLITE_STMT_LIST_STATS, CHANLITE_STMT_LIST_STATS_EMPTY,
                         "CREATE TABLE x(channel TEXT, sent INTEGER, received INTEGER, "
                         "expired INTEGER, full_send INTEGER, full_group_send INTEGER, "
                         "depth INTEGER, oldest_age REAL)");
-  }
-  return rc;
 }

@@ -22,7 +22,7 @@
 ** Where this cannot work (not Linux, an in-memory database, a bell that
 ** cannot be created) channel_wait falls back to looking with a backoff from
 ** 1 to 50 ms. Sends inside a transaction ring only in WAL mode. chanlite_debug()
-** says which method is in use.
+** says which method is in use. See docs/design.md, Waking.
 */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -60,7 +60,7 @@ static int bell(Chanlite *c) {
 static void ring(Chanlite *c) {
   int fd = bell(c);
   char byte = 0;
-  if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) { /* nothing to do */ }
+  if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) return; /* nothing more to do */
 }
 
 static int wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
@@ -119,7 +119,7 @@ void chanlite_unwatch_commits(Chanlite *c) {
   } else {
     /* Someone else's hook, whose function is unknown here: it is lost. */
     sqlite3_log(SQLITE_WARNING, "chanlite: a WAL hook installed after chanlite's was removed "
-                "when chanlite was loaded again");
+                                "when chanlite was loaded again");
   }
 }
 
@@ -157,7 +157,7 @@ static int watch(Chanlite *c) {
 #ifdef __linux__
   char *path;
   int fd;
-  if (c->watch_fd != -1) return c->watch_fd;  /* -2: tried and failed */
+  if (c->watch_fd != -1) return c->watch_fd; /* -2: tried and failed */
   c->watch_fd = -2;
   if (bell(c) < 0 || !(path = bell_path(c))) return -2;
   fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
@@ -219,8 +219,8 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
   int found = 0, fd;
   int rc = chanlite_channel_arg(c, argv[0], &ch);
   (void)argc;
-  if (rc == SQLITE_OK && !((type == SQLITE_INTEGER || type == SQLITE_FLOAT) &&
-                           isfinite(timeout) && timeout >= 0)) {
+  if (rc == SQLITE_OK &&
+      !((type == SQLITE_INTEGER || type == SQLITE_FLOAT) && isfinite(timeout) && timeout >= 0)) {
     rc = chanlite_fail(c, SQLITE_MISMATCH,
                        "channel_wait() timeout must be a non-negative number of seconds, not %s",
                        chanlite_type_name(type));
@@ -263,7 +263,8 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
 
 static void fn_bell_path(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   char *path;
-  (void)argc; (void)argv;
+  (void)argc;
+  (void)argv;
   if (bell(c) < 0 || !(path = bell_path(c))) {
     sqlite3_result_null(ctx);
     return;
@@ -277,5 +278,5 @@ const ChanliteFunction chanlite_wake_functions[] = {
   {"channel_wait", 2, 2, "channel_wait(channel, timeout_seconds)", CHANLITE_WRITE, fn_wait},
   {"chanlite_bell_path", 0, 0, "chanlite_bell_path()", CHANLITE_WRITE, fn_bell_path},
 };
-const int chanlite_wake_function_count =
-    (int)(sizeof chanlite_wake_functions / sizeof chanlite_wake_functions[0]);
+const int chanlite_wake_function_count = (int)(sizeof chanlite_wake_functions /
+                                               sizeof chanlite_wake_functions[0]);

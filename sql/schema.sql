@@ -1,6 +1,7 @@
 -- chanlite schema. Created on first write, inside the caller's transaction,
 -- so a rolled-back first send leaves the database untouched.
 -- Every statement is idempotent: running this file twice changes nothing.
+-- What each table is for, in one place: docs/design.md, Tables.
 
 -- One row per queued message. `queue` is what a receive and the capacity
 -- count look at: the channel name, or for a process-specific name

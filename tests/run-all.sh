@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds chanlite, and runs every test:
+# Installs what is missing, lints (tests/lint.sh: ruff, clang-format), builds
+# chanlite, and runs every test:
 # the SQL tests, C tests, wake-up race and benchmark smoke run (meson test),
 # the same suite under AddressSanitizer+UndefinedBehaviorSanitizer and under
-# valgrind, each libFuzzer target for 20 s, and the Python, Django and
-# browser tests. Exits non-zero on any failure.
+# valgrind, each libFuzzer target for 20 s, the Python, Django and
+# browser tests, and django/channels' own test suite with chanlite as its
+# channel layer. Exits non-zero on any failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -12,11 +14,13 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: compiler, SQLite headers and shell, cmocka, valgrind, and
-# chromium for the browser test of the chat demo (driven by playwright from
-# PyPI, which uses this chromium and never downloads one).
-# clang and its runtimes build the libFuzzer targets (tests/fuzz.sh).
+# chromium for the browser tests of the chat demo (driven by playwright from
+# PyPI, which uses this chromium and never downloads one) and chromium-driver
+# for the Selenium tests (ChannelsLiveServerTestCase, ours and channels' own).
+# clang and its runtimes build the libFuzzer targets (tests/fuzz.sh);
+# clang-format checks the C style (tests/lint.sh).
 debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium
-      clang libclang-rt-14-dev)
+      chromium-driver clang libclang-rt-14-dev clang-format)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +34,10 @@ fi
 # Python tools: meson and ninja from PyPI (newer than Debian's, and what
 # meson-python builds the wheel with), and the Python test dependencies.
 python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+# First, since it takes seconds: ruff and clang-format must change nothing.
+echo "== lint"
+tests/lint.sh
 
 echo "== build"
 [ -f build/build.ninja ] || meson setup build
@@ -55,6 +63,9 @@ if [ -d tests/python ]; then
   env -u CHANLITE_EXTENSION -u PYTHONPATH python3 -m nox --non-interactive
   # The package on the system python3 too, for the steps that follow.
   python3 -m pip install -q --disable-pip-version-check .
+
+  echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
+  tests/channels_suite.sh
 fi
 
 # One closing line over every meson run (pytest prints its own above).

@@ -11,7 +11,9 @@
 ** lines must succeed and return no rows. A line `-- @connection NAME`
 ** switches to another connection to the same database file (opened, with
 ** chanlite loaded, on first use), so that transactions can be shown side by
-** side. Every connection starts in WAL mode with a 5 s busy timeout.
+** side. `-- @plain_connection NAME` does the same without loading chanlite,
+** to show what a connection has before a load (tests/sql/registry.test).
+** Every connection starts in WAL mode with a 5 s busy timeout.
 ** `-- @limit_length N` lowers the current connection's SQLITE_LIMIT_LENGTH
 ** (the longest string or BLOB it will handle) to N bytes.
 **
@@ -27,22 +29,25 @@
 
 static const char *ext_path;
 static char db_path[256];
-static struct { char name[32]; sqlite3 *db; } conns[MAX_CONNECTIONS];
+static struct {
+  char name[32];
+  sqlite3 *db;
+} conns[MAX_CONNECTIONS];
 static int n_conns;
 
-static sqlite3 *connection(const char *name) {
+static sqlite3 *connection(const char *name, int load) {
   int i;
   sqlite3 *db = 0;
   char *err = 0;
   for (i = 0; i < n_conns; i++) {
     if (strcmp(conns[i].name, name) == 0) return conns[i].db;
   }
-  if (n_conns == MAX_CONNECTIONS ||
-      sqlite3_open(db_path, &db) != SQLITE_OK ||
-      sqlite3_enable_load_extension(db, 1) != SQLITE_OK ||
-      sqlite3_load_extension(db, ext_path, "sqlite3_chanlite_init", &err) != SQLITE_OK ||
-      sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;", 0, 0, 0)
-          != SQLITE_OK) {
+  if (n_conns == MAX_CONNECTIONS || sqlite3_open(db_path, &db) != SQLITE_OK ||
+      (load &&
+       (sqlite3_enable_load_extension(db, 1) != SQLITE_OK ||
+        sqlite3_load_extension(db, ext_path, "sqlite3_chanlite_init", &err) != SQLITE_OK)) ||
+      sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;", 0, 0, 0) !=
+        SQLITE_OK) {
     fprintf(stderr, "sqltest: cannot open connection %s: %s\n", name,
             err ? err : (db ? sqlite3_errmsg(db) : "out of memory"));
     exit(2);
@@ -106,19 +111,28 @@ int main(int argc, char **argv) {
   }
   ext_path = argv[1];
   f = fopen(argv[2], "rb");
-  if (!f) { perror(argv[2]); return 2; }
+  if (!f) {
+    perror(argv[2]);
+    return 2;
+  }
   fseek(f, 0, SEEK_END);
   size = ftell(f);
   fseek(f, 0, SEEK_SET);
   text = calloc(1, (size_t)size + 1);
-  if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) { perror(argv[2]); return 2; }
+  if (!text || fread(text, 1, (size_t)size, f) != (size_t)size) {
+    perror(argv[2]);
+    return 2;
+  }
   fclose(f);
 
   snprintf(db_path, sizeof db_path, "/tmp/chanlite-sqltest-XXXXXX");
   fd = mkstemp(db_path);
-  if (fd < 0) { perror("mkstemp"); return 2; }
+  if (fd < 0) {
+    perror("mkstemp");
+    return 2;
+  }
   close(fd);
-  db = connection("main");
+  db = connection("main", 1);
 
   for (p = text; *p;) {
     sqlite3_stmt *s = 0;
@@ -131,7 +145,8 @@ int main(int argc, char **argv) {
       if (p[0] == '-' && p[1] == '-') {
         char name[32];
         int limit;
-        if (sscanf(p, "-- @connection %31s", name) == 1) db = connection(name);
+        if (sscanf(p, "-- @connection %31s", name) == 1) db = connection(name, 1);
+        if (sscanf(p, "-- @plain_connection %31s", name) == 1) db = connection(name, 0);
         if (sscanf(p, "-- @limit_length %d", &limit) == 1) {
           sqlite3_limit(db, SQLITE_LIMIT_LENGTH, limit);
         }
@@ -167,7 +182,10 @@ int main(int argc, char **argv) {
     /* sqlite3_str_finish() gives NULL for an empty string. */
     if (!expected) expected = sqlite3_mprintf("");
     if (!got) got = sqlite3_mprintf("");
-    if (!expected || !got) { fprintf(stderr, "sqltest: out of memory\n"); return 2; }
+    if (!expected || !got) {
+      fprintf(stderr, "sqltest: out of memory\n");
+      return 2;
+    }
     if (strcmp(expected, got) == 0) {
       passed++;
     } else {
@@ -188,9 +206,12 @@ int main(int argc, char **argv) {
   unlink(db_path);
   {
     char extra[300];
-    snprintf(extra, sizeof extra, "%s-wal", db_path); unlink(extra);
-    snprintf(extra, sizeof extra, "%s-shm", db_path); unlink(extra);
-    snprintf(extra, sizeof extra, "%s-chanlite", db_path); unlink(extra);
+    snprintf(extra, sizeof extra, "%s-wal", db_path);
+    unlink(extra);
+    snprintf(extra, sizeof extra, "%s-shm", db_path);
+    unlink(extra);
+    snprintf(extra, sizeof extra, "%s-chanlite", db_path);
+    unlink(extra);
   }
   free(text);
   printf("%s: %d passed, %d failed\n", argv[2], passed, failed);

@@ -29,7 +29,8 @@ static sqlite3 *open_db(const char *path) {
   char *err = 0;
   if (sqlite3_open(path, &db) != SQLITE_OK || sqlite3_enable_load_extension(db, 1) != SQLITE_OK ||
       sqlite3_load_extension(db, ext, "sqlite3_chanlite_init", &err) != SQLITE_OK ||
-      sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;", 0, 0, &err) != SQLITE_OK) {
+      sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;", 0, 0, &err) !=
+        SQLITE_OK) {
     fprintf(stderr, "open %s: %s\n", path, err ? err : sqlite3_errmsg(db));
     exit(2);
   }
@@ -62,7 +63,10 @@ static int sender(const char *path, int n, int ack_fd) {
     snprintf(sql, sizeof sql, "%sSELECT channel_send('race', 'm%d');%s",
              i % 2 ? "BEGIN IMMEDIATE; " : "", i, i % 2 ? " COMMIT;" : "");
     exec_or_die(db, sql);
-    if (read(ack_fd, &ack, 1) != 1) { fprintf(stderr, "sender: receiver went away\n"); return 1; }
+    if (read(ack_fd, &ack, 1) != 1) {
+      fprintf(stderr, "sender: receiver went away\n");
+      return 1;
+    }
   }
   sqlite3_close(db);
   return 0;
@@ -75,9 +79,15 @@ int main(int argc, char **argv) {
   sqlite3 *db;
   sqlite3_stmt *wait_stmt, *recv_stmt;
   pid_t pid;
-  if (argc < 2) { fprintf(stderr, "usage: wake_race chanlite.so [messages]\n"); return 2; }
+  if (argc < 2) {
+    fprintf(stderr, "usage: wake_race chanlite.so [messages]\n");
+    return 2;
+  }
   ext = argv[1];
-  if (!mkdtemp(dir) || pipe(acks) != 0) { perror("setup"); return 2; }
+  if (!mkdtemp(dir) || pipe(acks) != 0) {
+    perror("setup");
+    return 2;
+  }
   snprintf(path, sizeof path, "%s/race.db", dir);
   db = open_db(path);
   exec_or_die(db, "SELECT chanlite_config('capacity', 100)"); /* creates the tables */
@@ -117,7 +127,10 @@ int main(int argc, char **argv) {
       failures++;
     }
     sqlite3_reset(recv_stmt);
-    if (write(acks[1], "k", 1) != 1) { perror("ack"); failures++; }
+    if (write(acks[1], "k", 1) != 1) {
+      perror("ack");
+      failures++;
+    }
   }
   close(acks[1]);
   waitpid(pid, &status, 0);
@@ -127,7 +140,10 @@ int main(int argc, char **argv) {
   }
   sqlite3_finalize(wait_stmt);
   sqlite3_finalize(recv_stmt);
-  if (sqlite3_close(db) != SQLITE_OK) { printf("FAIL close: %s\n", sqlite3_errmsg(db)); failures++; }
+  if (sqlite3_close(db) != SQLITE_OK) {
+    printf("FAIL close: %s\n", sqlite3_errmsg(db));
+    failures++;
+  }
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
   printf("wake_race: %d passed, %d failed\n", failures ? i - 1 : n, failures);

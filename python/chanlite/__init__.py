@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
 import sqlite3
 import sys
@@ -27,6 +28,7 @@ __all__ = [
     "HealthReport",
     "Status",
     "Thresholds",
+    "__version__",
     "connect",
     "dead_letters",
     "health",
@@ -37,6 +39,14 @@ __all__ = [
 ]
 
 ENTRY_POINT = "sqlite3_chanlite_init"
+
+try:
+    #: The installed distribution's version, which meson-python took from
+    #: meson.build's ``project(version:)``, as the extension's
+    #: ``chanlite_version()`` did (with a leading ``v``).
+    __version__: str = importlib.metadata.version("chanlite")
+except importlib.metadata.PackageNotFoundError:  # imported from a source tree
+    __version__ = "0+unknown"
 
 #: ``PRAGMA journal_size_limit`` for the connections this package configures:
 #: after a burst, the WAL is cut back to this once a checkpoint has reset it

@@ -34,6 +34,18 @@ A receiver arms before it looks (the watch exists and is drained, and it notes
 its queue's wake count), so a commit between its look and its wait leaves a
 ring that wakes it. Elsewhere (not Linux, inotify failing, ``wake="polling"``)
 it looks again with a backoff from 1 to 50 ms. ``layer.wake_method`` says which.
+
+Forking. A layer used before ``fork()`` (gunicorn ``--preload``, Celery's
+prefork pool, ``multiprocessing``, daphne's test server) works in the child
+at once. Just before a fork, each layer waits for its calls in SQLite to end
+(:class:`_ForkGate`) and closes its connections, so that no SQLite
+connection crosses the fork (SQLite forbids it: the child would share the
+parent's lock records without its locks). In the child it starts afresh: new
+connections, thread pool, bell watch and process-specific prefix; what the
+parent had buffered stays the parent's. The parent opens its connections
+again on its next call. Fork from synchronous code, as servers and
+``multiprocessing`` do: a child that carries on running the parent's event
+loop is not something asyncio supports.
 """
 
 from __future__ import annotations
@@ -242,6 +254,83 @@ _OPENING = _LoopConnection(None)
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 #: A popped message: (channel, body, expires_at on the chanlite clock).
 _Row = tuple[str, bytes | str, float]
+
+
+class _ForkGate:
+    """Counts the layer's calls that are inside SQLite, so that a fork()
+    can wait for them to end and then close the connections while none is
+    in use. Entered once per call, on the thread that runs it (never nested,
+    and never while holding the layer's lock)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._shut = 0  # a fork or close() is under way: new calls wait for it
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._shut:
+                self._cond.wait()
+            self._inside += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            if self._inside == 0 and self._shut:
+                self._cond.notify_all()
+
+    def shut(self, timeout: float) -> bool:
+        """Stop new calls and wait for those inside to end; False if some
+        were still inside after timeout (the gate stays shut either way,
+        until as many open() calls as shut() calls)."""
+        with self._cond:
+            self._shut += 1
+            return self._cond.wait_for(lambda: self._inside == 0, timeout)
+
+    def open(self) -> None:
+        with self._cond:
+            self._shut -= 1
+            if not self._shut:
+                self._cond.notify_all()
+
+
+#: Called with a layer just before a fork, once its gate is shut and its own
+#: connections are closed: other modules' connections on the layer's behalf
+#: (chanlite.sync's pools) close there too.
+BEFORE_FORK_CLOSE: list[Callable[[SQLiteChannelLayer], None]] = []
+#: Every layer of the process, for the fork handlers below.
+_LAYERS: weakref.WeakSet[SQLiteChannelLayer] = weakref.WeakSet()
+#: Connections a child inherited still open (its parent could not close them
+#: before the fork): kept referenced, never used and never closed, since
+#: closing them in the child could undo the parent's work in the WAL index.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _before_fork() -> None:
+    for layer in list(_LAYERS):
+        layer._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for layer in list(_LAYERS):
+        layer._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    _MemoryDatabase.after_fork_in_child()
+    for layer in list(_LAYERS):
+        layer._after_fork_in_child()
+
+
+def _reinit_lock(lock: Any) -> Any:
+    """lock, unlocked, in a child whose parent may have forked while another
+    thread held it; the same object where Python can (objects that captured
+    it keep working), else a new one."""
+    reinit = getattr(lock, "_at_fork_reinit", None)
+    if reinit is None:
+        return threading.Lock()
+    reinit()
+    return lock
 
 
 class _Bell:
@@ -667,6 +756,17 @@ class _MemoryDatabase:
         for layer in list(self.layers):
             layer._kick_queue(queue_name)
 
+    @classmethod
+    def after_fork_in_child(cls) -> None:
+        """The executor's thread is the parent's: start another. The
+        connection stays: the child has a copy of the database of its own
+        (test mode is one process's; a forked child no longer shares it)."""
+        cls._all_lock = _reinit_lock(cls._all_lock)
+        for memory in cls._all.values():
+            memory.executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="chanlite-memory"
+            )
+
 
 def _tune(conn: sqlite3.Connection) -> None:
     """The settings every connection of the layer runs with (WAL and the busy
@@ -786,6 +886,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
         self._resolved_path: str | None = None
         if self._memory is not None:
             self._memory.layers.add(self)
+        #: The process this layer's state belongs to (see _check_process).
+        self._pid = os.getpid()
+        self._gate = _ForkGate()
+        self._gate_shut = False  # this layer's gate was shut for a fork
+        _LAYERS.add(self)
 
     # ---- encoding ----
 
@@ -873,7 +978,10 @@ class SQLiteChannelLayer(BaseChannelLayer):
         """This thread's connection, opened and configured on first use."""
         if self._memory is not None:
             return self._memory_connection(self._memory)
-        conn: sqlite3.Connection | None = getattr(self._tls, "conn", None)
+        # Read once: close() (and a fork) replace self._tls meanwhile, and a
+        # connection found in the old one has its clock noted there.
+        tls = self._tls
+        conn: sqlite3.Connection | None = getattr(tls, "conn", None)
         if conn is None:
             conn = chanlite.connect(
                 self.database_path(),
@@ -888,13 +996,13 @@ class SQLiteChannelLayer(BaseChannelLayer):
             except BaseException:
                 conn.close()
                 raise
-            self._tls.conn = conn
-            self._tls.clock_generation = -1
+            tls.conn = conn
+            tls.clock_generation = -1
             with self._lock:
                 self._connections.append(conn)
         self._configure(conn)  # again after a failure (a locked database)
-        if self._tls.clock_generation != self._clock_generation:
-            self._tls.clock_generation = self._clock_generation
+        if tls.clock_generation != self._clock_generation:
+            tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
         return conn
 
@@ -939,15 +1047,26 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
+        self._check_process()
+        call = functools.partial(self._gated, fn, *args)
         if self._memory is not None:
-            return loop.run_in_executor(self._memory.executor, functools.partial(fn, *args))
+            return loop.run_in_executor(self._memory.executor, call)
         with self._lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self.threads, thread_name_prefix="chanlite"
                 )
             executor = self._executor
-        return loop.run_in_executor(executor, functools.partial(fn, *args))
+        return loop.run_in_executor(executor, call)
+
+    def _gated(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) inside the fork gate (in the pool's thread)."""
+        gate = self._gate
+        gate.enter()
+        try:
+            return fn(*args)
+        finally:
+            gate.leave()
 
     async def _call(self, fn: Callable[..., T], *args: Any, what: str = "") -> T:
         """fn(*args) in the pool. A database locked past the busy timeout is
@@ -1035,16 +1154,21 @@ class SQLiteChannelLayer(BaseChannelLayer):
         hundred commits. (Moving it to the pool with wal_autocheckpoint=0
         was tried: checkpoints racing the loop's writes often failed to let
         the WAL start over, and FULL ones stalled writers for seconds.)"""
-        loop_conn = self._loop_connection()
-        if loop_conn is None:
-            return _ON_POOL
+        self._check_process()
+        gate = self._gate
+        gate.enter()
         try:
+            loop_conn = self._loop_connection()
+            if loop_conn is None:
+                return _ON_POOL
             return fn(loop_conn.conn, *args)
         except sqlite3.OperationalError as e:
             if not _is_locked(e):
                 raise
             self.loop_fallbacks += 1
             return _ON_POOL
+        finally:
+            gate.leave()
 
     def _loop_connection(self) -> _LoopConnection | None:
         """This thread's loop connection, or None while it is being opened
@@ -1239,6 +1363,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on a channel, waiting for one. Cancelling it at any
         point loses no message."""
+        self._check_process()
         self.require_valid_channel_name(channel)
         if "!" in channel:
             queue_name = self.non_local_name(channel)
@@ -1260,6 +1385,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel name that this layer receives."""
+        self._check_process()
         return f"{prefix}.{self.client_prefix}!{secrets.token_hex(12)}"
 
     async def group_add(self, group: str, channel: str) -> None:
@@ -1305,6 +1431,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
     async def close(self) -> None:
         """Stop receiving and close the connections. The layer opens them
         again if used afterwards."""
+        self._check_process()
         with self._lock:
             queues = list(self._queues.values())
             for queue in queues:
@@ -1331,8 +1458,89 @@ class SQLiteChannelLayer(BaseChannelLayer):
         # (a loop's, say) is in the list by the time the pool has stopped.
         with self._lock:
             connections, self._connections = self._connections, []
+        await asyncio.to_thread(self._close_connections, connections)
+
+    def _close_connections(self, connections: list[sqlite3.Connection]) -> None:
+        """Close connections that no call can be using: another event loop's
+        thread may be inside a call on its loop connection, so wait at the
+        gate for the calls in flight (a call waits for a lock at most the
+        busy timeout)."""
+        gate = self._gate
+        if not gate.shut(self.busy_timeout + 1):
+            logger.warning("chanlite: close(): a call was still running; closing anyway")
+        try:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        finally:
+            gate.open()
+
+    # ---- fork() ----
+
+    def _check_process(self) -> None:
+        """Start afresh if this is a child that the fork handlers missed (a
+        fork made without Python's knowledge)."""
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+
+    def _before_fork(self) -> None:
+        """Let no connection cross the fork: wait for the calls inside SQLite
+        to end (a call waits for a lock at most the busy timeout), then close
+        every connection. The parent opens new ones on its next call."""
+        if self._pid != os.getpid():
+            return  # a child that has not used this layer yet: nothing of its own
+        self._gate_shut = True
+        if not self._gate.shut(self.busy_timeout + 1):
+            logger.warning(
+                "chanlite: fork() while a call was still inside SQLite after %.1f s: "
+                "the child leaves this process's connections alone and opens its own",
+                self.busy_timeout + 1,
+            )
+            return
+        if self._memory is not None:
+            return  # one in-memory database per process: the parent keeps it
+        with self._lock:
+            connections, self._connections = self._connections, []
+            self._tls = threading.local()
+            self._loop_conns = {}
+            self._epoch += 1  # a loop connection being opened is stale
         for conn in connections:
-            await asyncio.to_thread(conn.close)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        for close in BEFORE_FORK_CLOSE:
+            close(self)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._gate_shut:
+            self._gate_shut = False
+            self._gate.open()
+
+    def _after_fork_in_child(self) -> None:
+        """Everything that belongs to the parent goes: its connections (never
+        used here, never closed), its pool's threads (they do not exist
+        here), its bell watch (the parent's inotify instance), its buffers
+        and waiting receivers, and its process-specific prefix: the child
+        receives only what is sent to its own new_channel() names."""
+        self._pid = os.getpid()
+        self._lock = _reinit_lock(self._lock)
+        self._gate = _ForkGate()
+        self._gate_shut = False
+        _INHERITED.extend(self._connections)
+        _INHERITED.extend(c.conn for c in self._loop_conns.values() if c.conn is not None)
+        self._connections = []
+        self._loop_conns = {}
+        self._tls = threading.local()
+        self._epoch += 1
+        self._executor = None  # its threads are the parent's; never shut it down here
+        for queue in self._queues.values():
+            queue.task = None  # a receiver of the parent's that runs on here stops
+            queue.waiters.clear()
+            queue.buffers.clear()  # the parent's to deliver, not ours
+        self._queues = {}
+        bell, self._bell = self._bell, None
+        if bell is not None:
+            bell.retire()  # closes this process's copy of the descriptor only
+        self.client_prefix = secrets.token_hex(8)
 
     # ---- helpers ----
 
@@ -1371,3 +1579,11 @@ class SQLiteChannelLayer(BaseChannelLayer):
     def __repr__(self) -> str:
         where = f"path={self.path!r}" if self.path is not None else f"database={self.database!r}"
         return f"<SQLiteChannelLayer {where}>"
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -3,7 +3,10 @@ admin command: its channels, groups, files, metrics and dead letters.
 
 Everything here reads through chanlite's public SQL (``chanlite_channels``,
 ``chanlite_groups``, ``chanlite_stats``, ``chanlite_dead``) and takes no
-write lock, so looking at a busy layer never slows it down.
+write lock, so looking at a busy layer never slows it down. The metrics and
+dead letters are :mod:`chanlite.metrics`'s: :func:`stats` is
+``chanlite.stats`` and :func:`dead_letters` wraps ``chanlite.dead_letters``
+in the admin command's convention (``limit`` 0: all).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import chanlite
-from chanlite.metrics import ChannelStats, DeadLetter
+from chanlite import metrics
+from chanlite.metrics import ChannelStats, DeadLetter, NotAvailable, _has_table, stats
 
 __all__ = [
     "ChannelRow",
@@ -37,10 +41,6 @@ __all__ = [
     "queue_of",
     "stats",
 ]
-
-
-class NotAvailable(RuntimeError):
-    """The database or its extension lacks a feature (metrics, dead letters)."""
 
 
 @dataclass(frozen=True)
@@ -163,15 +163,6 @@ def queue_of(channel: str) -> str:
     return channel if bang < 0 else channel[: bang + 1]
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        is not None
-    )
-
-
 def capacity_of(conn: sqlite3.Connection, channel: str) -> int:
     """The capacity a send to ``channel`` is held to (its first matching
     pattern, else the database's ``capacity``), as the extension decides it."""
@@ -185,66 +176,12 @@ def capacity_of(conn: sqlite3.Connection, channel: str) -> int:
     return int(conn.execute("SELECT chanlite_config('capacity')").fetchone()[0])
 
 
-def _missing(error: sqlite3.Error, name: str) -> bool:
-    return f"no such table: {name}" in str(error)
-
-
-def stats(conn: sqlite3.Connection) -> list[ChannelStats]:
-    """The ``chanlite_stats`` rows: one per channel, then the totals
-    (channel None). Raises NotAvailable where the extension has no metrics."""
-    try:
-        rows = conn.execute(
-            "SELECT channel, sent, received, expired, full_send, full_group_send, depth, "
-            "oldest_age FROM chanlite_stats ORDER BY channel IS NULL, channel"
-        ).fetchall()
-    except sqlite3.OperationalError as e:
-        if _missing(e, "chanlite_stats"):
-            raise NotAvailable(
-                "chanlite: metrics are not available in this database/extension "
-                f"(chanlite_stats: {e}); they need a chanlite with chanlite_stats"
-            ) from e
-        raise
-    return [
-        ChannelStats(
-            None if c is None else str(c),
-            int(s or 0),
-            int(r or 0),
-            int(x or 0),
-            int(fs or 0),
-            int(fg or 0),
-            int(d or 0),
-            None if a is None else float(a),
-        )
-        for c, s, r, x, fs, fg, d, a in rows
-    ]
-
-
 def dead_letters(
     conn: sqlite3.Connection, *, limit: int = 0, channel: str | None = None
 ) -> list[DeadLetter]:
-    """Dead letters, newest first (``limit`` 0: all). Raises NotAvailable
-    where the extension that made the database has none."""
-    sql = "SELECT id, channel, reason, sent_at, dead_at, body FROM chanlite_dead"
-    params: list[Any] = []
-    if channel is not None:
-        sql += " WHERE channel = ?"
-        params.append(channel)
-    sql += " ORDER BY dead_at DESC, id DESC"
-    if limit > 0:
-        sql += " LIMIT ?"
-        params.append(limit)
-    try:
-        rows = conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as e:
-        if not _missing(e, "chanlite_dead"):
-            raise
-        if not _has_table(conn, "chanlite_message"):
-            return []  # no chanlite tables yet: nothing was ever sent
-        raise NotAvailable(
-            "chanlite: dead letters are not available in this database/extension "
-            "(it has no chanlite_dead table: an extension older than dead letters made it)"
-        ) from e
-    return [DeadLetter(int(i), str(c), str(r), float(s), float(d), b) for i, c, r, s, d, b in rows]
+    """``chanlite.dead_letters``, most recently dead first, ``limit`` 0 (the
+    admin command's ``--limit 0``) meaning all."""
+    return metrics.dead_letters(conn, channel, limit if limit > 0 else None)
 
 
 def dead_letters_kept(conn: sqlite3.Connection) -> int | None:

@@ -70,7 +70,7 @@ static sqlite3 *open_db(void) {
       sqlite3_load_extension(db, ext, "sqlite3_chanlite_init", &err) != SQLITE_OK ||
       sqlite3_busy_timeout(db, busy_timeout_ms()) != SQLITE_OK ||
       sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", 0, 0, &err) !=
-          SQLITE_OK) {
+        SQLITE_OK) {
     fprintf(stderr, "open %s: %s\n", db_path, err ? err : sqlite3_errmsg(db));
     sqlite3_free(err);
     sqlite3_close(db);
@@ -130,8 +130,10 @@ static int worker(int id, int out_fd) {
     }
     if (k % 5 == 2) {
       /* Counts the rows it reads: the other popped rows go back. */
-      if (one(db, "SELECT count(*) FROM (SELECT message FROM "
-                  "channel_recv_batch('ct.p!', 5) LIMIT 2)", &got, &t) == SQLITE_OK) {
+      if (one(db,
+              "SELECT count(*) FROM (SELECT message FROM "
+              "channel_recv_batch('ct.p!', 5) LIMIT 2)",
+              &got, &t) == SQLITE_OK) {
         t.received[3] += got;
       }
     }
@@ -184,7 +186,10 @@ static void run(const char *retention) {
   sqlite3 *db = open_db();
   char sql[512];
   memset(&sum, 0, sizeof sum);
-  if (!db) { check(0, "open the database"); return; }
+  if (!db) {
+    check(0, "open the database");
+    return;
+  }
   snprintf(sql, sizeof sql,
            "SELECT channel_flush(); SELECT chanlite_config('expiry', 1);"
            "SELECT chanlite_capacity('ct.*', 3); SELECT chanlite_config('dead_letters', 100000000);"
@@ -192,16 +197,22 @@ static void run(const char *retention) {
            "SELECT chanlite_clock(%.0f);"
            "SELECT group_add('ct.g0', 'ct.0'); SELECT group_add('ct.g1', 'ct.1');",
            retention, BASE_CLOCK);
-  check(sqlite3_exec(db, sql, 0, 0, 0) == SQLITE_OK, "set up, stats_retention %s: %s",
-        retention, sqlite3_errmsg(db));
+  check(sqlite3_exec(db, sql, 0, 0, 0) == SQLITE_OK, "set up, stats_retention %s: %s", retention,
+        sqlite3_errmsg(db));
   sqlite3_close(db);
 
   for (i = 0; i < PROCS; i++) {
-    if (pipe(pipes[i]) != 0) { perror("pipe"); exit(1); }
+    if (pipe(pipes[i]) != 0) {
+      perror("pipe");
+      exit(1);
+    }
     fflush(stdout);
     fflush(stderr);
     pids[i] = fork();
-    if (pids[i] < 0) { perror("fork"); exit(1); }
+    if (pids[i] < 0) {
+      perror("fork");
+      exit(1);
+    }
     if (pids[i] == 0) {
       close(pipes[i][0]);
       exit(worker(i, pipes[i][1]));
@@ -229,7 +240,10 @@ static void run(const char *retention) {
 
   /* Everything left expires now, and is counted as it goes. */
   db = open_db();
-  if (!db) { check(0, "reopen the database"); return; }
+  if (!db) {
+    check(0, "reopen the database");
+    return;
+  }
   snprintf(sql, sizeof sql, "SELECT chanlite_clock(%.0f)", BASE_CLOCK + 1000);
   one(db, sql, 0, 0);
   check(one(db, "SELECT channel_trim()", 0, 0) == SQLITE_OK, "channel_trim()");
@@ -242,21 +256,22 @@ static void run(const char *retention) {
     expired_total += sent - received;
     full_total += sum.full_send[ch] + sum.full_group_send[ch];
     if (retention[0] == '0') continue; /* folded away: only the totals count */
-    sqlite3_prepare_v2(db, "SELECT sent, received, expired, full_send, full_group_send, depth "
-                           "FROM chanlite_stats WHERE channel = ?1", -1, &s, 0);
+    sqlite3_prepare_v2(db,
+                       "SELECT sent, received, expired, full_send, full_group_send, depth "
+                       "FROM chanlite_stats WHERE channel = ?1",
+                       -1, &s, 0);
     sqlite3_bind_text(s, 1, channel_names[ch], -1, SQLITE_STATIC);
     if (s && sqlite3_step(s) == SQLITE_ROW) {
-      check(sqlite3_column_int64(s, 0) == sent && sqlite3_column_int64(s, 1) == received &&
-                sqlite3_column_int64(s, 2) == sent - received &&
-                sqlite3_column_int64(s, 3) == sum.full_send[ch] &&
-                sqlite3_column_int64(s, 4) == sum.full_group_send[ch] &&
-                sqlite3_column_int64(s, 5) == 0,
-            "%s: sent %lld/%ld received %lld/%ld expired %lld/%ld full_send %lld/%ld "
-            "full_group_send %lld/%ld depth %lld/0 (counted/seen)",
-            channel_names[ch], sqlite3_column_int64(s, 0), sent, sqlite3_column_int64(s, 1),
-            received, sqlite3_column_int64(s, 2), sent - received, sqlite3_column_int64(s, 3),
-            sum.full_send[ch], sqlite3_column_int64(s, 4), sum.full_group_send[ch],
-            sqlite3_column_int64(s, 5));
+      check(
+        sqlite3_column_int64(s, 0) == sent && sqlite3_column_int64(s, 1) == received &&
+          sqlite3_column_int64(s, 2) == sent - received &&
+          sqlite3_column_int64(s, 3) == sum.full_send[ch] &&
+          sqlite3_column_int64(s, 4) == sum.full_group_send[ch] && sqlite3_column_int64(s, 5) == 0,
+        "%s: sent %lld/%ld received %lld/%ld expired %lld/%ld full_send %lld/%ld "
+        "full_group_send %lld/%ld depth %lld/0 (counted/seen)",
+        channel_names[ch], sqlite3_column_int64(s, 0), sent, sqlite3_column_int64(s, 1), received,
+        sqlite3_column_int64(s, 2), sent - received, sqlite3_column_int64(s, 3), sum.full_send[ch],
+        sqlite3_column_int64(s, 4), sum.full_group_send[ch], sqlite3_column_int64(s, 5));
     } else {
       check(0, "%s has a row in chanlite_stats", channel_names[ch]);
     }
@@ -269,13 +284,15 @@ static void run(const char *retention) {
       fs += sum.full_send[ch];
       fg += sum.full_group_send[ch];
     }
-    sqlite3_prepare_v2(db, "SELECT sent, received, expired, full_send, full_group_send, depth "
-                           "FROM chanlite_stats WHERE channel IS NULL", -1, &s, 0);
+    sqlite3_prepare_v2(db,
+                       "SELECT sent, received, expired, full_send, full_group_send, depth "
+                       "FROM chanlite_stats WHERE channel IS NULL",
+                       -1, &s, 0);
     if (s && sqlite3_step(s) == SQLITE_ROW) {
       check(sqlite3_column_int64(s, 0) == sent_total &&
-                sqlite3_column_int64(s, 1) == received_total &&
-                sqlite3_column_int64(s, 2) == expired_total && sqlite3_column_int64(s, 3) == fs &&
-                sqlite3_column_int64(s, 4) == fg && sqlite3_column_int64(s, 5) == 0,
+              sqlite3_column_int64(s, 1) == received_total &&
+              sqlite3_column_int64(s, 2) == expired_total && sqlite3_column_int64(s, 3) == fs &&
+              sqlite3_column_int64(s, 4) == fg && sqlite3_column_int64(s, 5) == 0,
             "totals: sent %lld/%ld received %lld/%ld expired %lld/%ld full_send %lld/%ld "
             "full_group_send %lld/%ld depth %lld/0 (counted/seen)",
             sqlite3_column_int64(s, 0), sent_total, sqlite3_column_int64(s, 1), received_total,
@@ -287,17 +304,16 @@ static void run(const char *retention) {
     sqlite3_finalize(s);
   }
   one(db, "SELECT count(*) FROM chanlite_dead WHERE reason = 'full'", &dead_full, 0);
-  one(db, "SELECT count(*) FROM chanlite_dead WHERE reason = 'expired'",
-      &dead_expired, 0);
+  one(db, "SELECT count(*) FROM chanlite_dead WHERE reason = 'expired'", &dead_expired, 0);
   check(dead_full == full_total && dead_expired == expired_total,
         "dead letters: %lld full (%ld refused), %lld expired (%ld expired)", dead_full, full_total,
         dead_expired, expired_total);
   if (retention[0] == '0') {
-    one(db, "SELECT (SELECT count(*) FROM chanlite_queue WHERE queue <> '') + "
-            "(SELECT count(*) FROM chanlite_counter WHERE queue <> '')",
+    one(db,
+        "SELECT (SELECT count(*) FROM chanlite_queue WHERE queue <> '') + "
+        "(SELECT count(*) FROM chanlite_counter WHERE queue <> '')",
         &rows_left, 0);
-    check(rows_left == 0, "every idle channel folded into the totals (%lld rows left)",
-          rows_left);
+    check(rows_left == 0, "every idle channel folded into the totals (%lld rows left)", rows_left);
   }
   sqlite3_close(db);
 }
@@ -325,7 +341,10 @@ int main(int argc, char **argv) {
     return 2;
   }
   snprintf(dir, sizeof dir, "/tmp/chanlite-counters-XXXXXX");
-  if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
   snprintf(db_path, sizeof db_path, "%s/c.db", dir);
   run("3600");
   run("0");

@@ -64,7 +64,9 @@
 #define PINNED_CLOCK "1700000000"
 #define STORM_SECONDS_MAX 60
 
-typedef struct Ack { int32_t incarnation, seq; } Ack;
+typedef struct Ack {
+  int32_t incarnation, seq;
+} Ack;
 
 static const char *ext;
 static char db_path[128];
@@ -100,8 +102,10 @@ static sqlite3 *open_db(const char *who, int synchronous) {
     fprintf(stderr, "crash: %s: load: %s\n", who, err ? err : "");
     _exit(1);
   }
-  snprintf(sql, sizeof sql, "PRAGMA journal_mode=WAL; PRAGMA synchronous=%d;"
-           "SELECT chanlite_clock(" PINNED_CLOCK ");", synchronous);
+  snprintf(sql, sizeof sql,
+           "PRAGMA journal_mode=WAL; PRAGMA synchronous=%d;"
+           "SELECT chanlite_clock(" PINNED_CLOCK ");",
+           synchronous);
   sqlite3_busy_timeout(db, 60000);
   if (sqlite3_exec(db, sql, 0, 0, &err) != SQLITE_OK) die(who, err ? err : sql, db);
   return db;
@@ -138,7 +142,7 @@ static void sender(int slot, int incarnation, int ack_fd, int synchronous) {
     Ack ack;
     rng = rng * 1103515245u + 12345u;
     k = 1 + (int)((rng >> 16) % MAX_TXN);
-    txn = k > 1 || (rng >> 8) % 2;  /* a single send, alone or in a transaction */
+    txn = k > 1 || (rng >> 8) % 2; /* a single send, alone or in a transaction */
     if (txn) exec_or_die(db, who, "BEGIN IMMEDIATE");
     for (i = 0; i < k; i++, seq++) {
       int len = make_body(body, incarnation, seq);
@@ -174,8 +178,8 @@ static void record(sqlite3 *db, sqlite3_stmt *ins, const char *who, sqlite3_valu
   len = make_body(want, inc, seq);
   if (len != n || memcmp(want, z, (size_t)n) != 0 ||
       sqlite3_value_type(v) != (seq % 2 == 0 ? SQLITE_TEXT : SQLITE_BLOB)) {
-    fprintf(stderr, "crash: %s: message %d %d damaged (%d bytes, want %d, type %d)\n", who,
-            inc, seq, n, len, sqlite3_value_type(v));
+    fprintf(stderr, "crash: %s: message %d %d damaged (%d bytes, want %d, type %d)\n", who, inc,
+            seq, n, len, sqlite3_value_type(v));
     _exit(1);
   }
   sqlite3_bind_int(ins, 1, inc);
@@ -187,13 +191,13 @@ static void record(sqlite3 *db, sqlite3_stmt *ins, const char *who, sqlite3_valu
 
 /* Receive inside a transaction that records what was received: both commit
 ** or neither does. Returns how many were received. */
-static int receive_some(sqlite3 *db, sqlite3_stmt *get, sqlite3_stmt *ins,
-                        const char *who, int receiver) {
+static int receive_some(sqlite3 *db, sqlite3_stmt *get, sqlite3_stmt *ins, const char *who,
+                        int receiver) {
   int n = 0, rc;
   exec_or_die(db, who, "BEGIN IMMEDIATE");
   while ((rc = sqlite3_step(get)) == SQLITE_ROW) {
     sqlite3_value *v = sqlite3_column_value(get, 0);
-    if (sqlite3_value_type(v) == SQLITE_NULL) break;  /* channel_recv: none */
+    if (sqlite3_value_type(v) == SQLITE_NULL) break; /* channel_recv: none */
     record(db, ins, who, v, receiver);
     n++;
   }
@@ -212,10 +216,12 @@ static void receiver(int slot, int synchronous) {
   snprintf(who, sizeof who, "receiver %d", slot);
   db = open_db(who, synchronous);
   if (sqlite3_prepare_v2(db, "SELECT channel_recv(?1)", -1, &recv, 0) != SQLITE_OK ||
-      sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?1, ?2)", -1, &batch,
-                         0) != SQLITE_OK ||
-      sqlite3_prepare_v2(db, "INSERT INTO received(incarnation, seq, receiver) "
-                             "VALUES (?1, ?2, ?3)", -1, &ins, 0) != SQLITE_OK ||
+      sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?1, ?2)", -1, &batch, 0) !=
+        SQLITE_OK ||
+      sqlite3_prepare_v2(db,
+                         "INSERT INTO received(incarnation, seq, receiver) "
+                         "VALUES (?1, ?2, ?3)",
+                         -1, &ins, 0) != SQLITE_OK ||
       sqlite3_prepare_v2(db, "SELECT channel_wait(?1, 0.05)", -1, &wait, 0) != SQLITE_OK) {
     die(who, "prepare", db);
   }
@@ -235,7 +241,11 @@ static void receiver(int slot, int synchronous) {
 
 /* ---- in the parent ---- */
 
-typedef struct Child { pid_t pid; int is_sender; int slot; } Child;
+typedef struct Child {
+  pid_t pid;
+  int is_sender;
+  int slot;
+} Child;
 
 static int next_incarnation;
 static int max_acked[MAX_INCARNATIONS];
@@ -248,7 +258,10 @@ static pid_t start(int slot, int ack_read, int ack_write, int synchronous) {
   fflush(stdout);
   fflush(stderr);
   pid = fork();
-  if (pid < 0) { perror("fork"); exit(2); }
+  if (pid < 0) {
+    perror("fork");
+    exit(2);
+  }
   if (pid == 0) {
     close(ack_read);
     if (slot < SENDERS) sender(slot, incarnation, ack_write, synchronous);
@@ -276,7 +289,10 @@ static void read_acks(int fd) {
 /* A child that died of anything but our SIGKILL failed on its own. */
 static void reap(pid_t pid, int killed) {
   int status = 0;
-  if (waitpid(pid, &status, 0) != pid) { perror("waitpid"); exit(2); }
+  if (waitpid(pid, &status, 0) != pid) {
+    perror("waitpid");
+    exit(2);
+  }
   if (!(killed && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) child_errors++;
 }
 
@@ -289,8 +305,10 @@ static sqlite3 *parent_db(int synchronous) {
     fprintf(stderr, "crash: parent: open: %s\n", err ? err : sqlite3_errmsg(db));
     exit(2);
   }
-  snprintf(sql, sizeof sql, "PRAGMA journal_mode=WAL; PRAGMA synchronous=%d;"
-           "SELECT chanlite_clock(" PINNED_CLOCK ");", synchronous);
+  snprintf(sql, sizeof sql,
+           "PRAGMA journal_mode=WAL; PRAGMA synchronous=%d;"
+           "SELECT chanlite_clock(" PINNED_CLOCK ");",
+           synchronous);
   sqlite3_busy_timeout(db, 60000);
   if (sqlite3_exec(db, sql, 0, 0, &err) != SQLITE_OK) {
     fprintf(stderr, "crash: parent: %s\n", err);
@@ -329,10 +347,12 @@ static long drain(sqlite3 *db) {
   long total = 0;
   int n, q;
   const char *queues[] = {"crash.q", "crash.p!"};
-  if (sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?1, 1000)", -1, &batch,
-                         0) != SQLITE_OK ||
-      sqlite3_prepare_v2(db, "INSERT INTO received(incarnation, seq, receiver) "
-                             "VALUES (?1, ?2, ?3)", -1, &ins, 0) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?1, 1000)", -1, &batch, 0) !=
+        SQLITE_OK ||
+      sqlite3_prepare_v2(db,
+                         "INSERT INTO received(incarnation, seq, receiver) "
+                         "VALUES (?1, ?2, ?3)",
+                         -1, &ins, 0) != SQLITE_OK) {
     die("parent", "prepare drain", db);
   }
   for (q = 0; q < 2; q++) {
@@ -363,11 +383,11 @@ static void audit(sqlite3 *db, const char *mode) {
         "%s: chanlite_queue depths match the queued rows (%lld queued)", mode,
         query_int(db, "SELECT count(*) FROM chanlite_message"));
   check(query_int(db, "SELECT coalesce(sum(depth), 0) FROM chanlite_channels") ==
-            query_int(db, "SELECT count(*) FROM chanlite_message"),
+          query_int(db, "SELECT count(*) FROM chanlite_message"),
         "%s: chanlite_channels shows every queued message", mode);
   printf("   %s: drained %ld messages left queued after the restart\n", mode, drain(db));
   check(query_int(db, "SELECT count(*) FROM chanlite_message") == 0 &&
-            query_int(db, "SELECT count(*) FROM chanlite_queue WHERE depth <> 0") == 0,
+          query_int(db, "SELECT count(*) FROM chanlite_queue WHERE depth <> 0") == 0,
         "%s: the queues are empty after the drain, counters included", mode);
 
   check(query_int(db, "SELECT count(*) FROM (SELECT 1 FROM received GROUP BY incarnation, seq "
@@ -379,30 +399,38 @@ static void audit(sqlite3 *db, const char *mode) {
         "%s: each sender's messages received in the order sent", mode);
 
   memset(found, 0, sizeof found);
-  if (sqlite3_prepare_v2(db, "SELECT incarnation, count(*), min(seq), max(seq) FROM received "
-                             "GROUP BY incarnation", -1, &s, 0) != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db,
+                         "SELECT incarnation, count(*), min(seq), max(seq) FROM received "
+                         "GROUP BY incarnation",
+                         -1, &s, 0) != SQLITE_OK) {
     die("parent", "prepare audit", db);
   }
   while (sqlite3_step(s) == SQLITE_ROW) {
     int i = sqlite3_column_int(s, 0), count = sqlite3_column_int(s, 1);
     int lo = sqlite3_column_int(s, 2), hi = sqlite3_column_int(s, 3);
-    if (i < 0 || i >= next_incarnation) { unknown++; continue; }
+    if (i < 0 || i >= next_incarnation) {
+      unknown++;
+      continue;
+    }
     found[i] = 1;
-    if (lo != 0 || count != hi + 1) gaps++;               /* a committed message lost */
-    if (hi < max_acked[i]) lost++;                        /* an acknowledged one lost */
-    if (hi > max_acked[i] + MAX_TXN) overshoot++;         /* more than one unacked txn */
+    if (lo != 0 || count != hi + 1) gaps++;       /* a committed message lost */
+    if (hi < max_acked[i]) lost++;                /* an acknowledged one lost */
+    if (hi > max_acked[i] + MAX_TXN) overshoot++; /* more than one unacked txn */
   }
   sqlite3_finalize(s);
   for (inc = 0; inc < next_incarnation; inc++) {
     if (!found[inc] && max_acked[inc] >= 0) lost++;
   }
-  check(lost == 0, "%s: every acknowledged message received (%ld acknowledged, %d sender "
-        "incarnations; %d lost)", mode, acked, next_incarnation, lost);
-  check(gaps == 0, "%s: each incarnation's messages are an unbroken run from 0 (%d broken)",
-        mode, gaps);
+  check(lost == 0,
+        "%s: every acknowledged message received (%ld acknowledged, %d sender "
+        "incarnations; %d lost)",
+        mode, acked, next_incarnation, lost);
+  check(gaps == 0, "%s: each incarnation's messages are an unbroken run from 0 (%d broken)", mode,
+        gaps);
   check(overshoot == 0 && unknown == 0,
         "%s: nothing received beyond one unacknowledged transaction per sender, nothing "
-        "never sent (%d, %d)", mode, overshoot, unknown);
+        "never sent (%d, %d)",
+        mode, overshoot, unknown);
   check(strcmp(query_text(db, "PRAGMA integrity_check", buf, sizeof buf), "ok") == 0,
         "%s: integrity_check after the drain: %s", mode, buf);
 }
@@ -418,7 +446,10 @@ static void storm(int synchronous, unsigned seed) {
   sqlite3 *db;
   double t0 = monotonic();
 
-  if (!mkdtemp(dir)) { perror("mkdtemp"); exit(2); }
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    exit(2);
+  }
   snprintf(db_path, sizeof db_path, "%s/crash.db", dir);
   next_incarnation = 0;
   acked = 0;
@@ -427,14 +458,19 @@ static void storm(int synchronous, unsigned seed) {
   srand(seed);
 
   db = parent_db(synchronous);
-  if (sqlite3_exec(db, "CREATE TABLE received(id INTEGER PRIMARY KEY, incarnation INTEGER "
-                       "NOT NULL, seq INTEGER NOT NULL, receiver INTEGER NOT NULL);"
-                       "SELECT chanlite_config('capacity', 1000000);", 0, 0, 0) != SQLITE_OK) {
+  if (sqlite3_exec(db,
+                   "CREATE TABLE received(id INTEGER PRIMARY KEY, incarnation INTEGER "
+                   "NOT NULL, seq INTEGER NOT NULL, receiver INTEGER NOT NULL);"
+                   "SELECT chanlite_config('capacity', 1000000);",
+                   0, 0, 0) != SQLITE_OK) {
     die("parent", "setup", db);
   }
   sqlite3_close(db);
 
-  if (pipe2(ack, O_CLOEXEC) != 0) { perror("pipe2"); exit(2); }
+  if (pipe2(ack, O_CLOEXEC) != 0) {
+    perror("pipe2");
+    exit(2);
+  }
   fcntl(ack[0], F_SETFL, O_NONBLOCK);
   for (slot = 0; slot < SLOTS; slot++) {
     kids[slot].slot = slot;
@@ -443,8 +479,8 @@ static void storm(int synchronous, unsigned seed) {
   /* Kills first; then, if fewer messages than asked for were acknowledged
   ** meanwhile (a slow build, where processes take long to start), the storm
   ** goes on without kills until they are. */
-  while ((acked < min_acked || kills < min_kills) &&
-         monotonic() - t0 < STORM_SECONDS_MAX && next_incarnation < MAX_INCARNATIONS - 1) {
+  while ((acked < min_acked || kills < min_kills) && monotonic() - t0 < STORM_SECONDS_MAX &&
+         next_incarnation < MAX_INCARNATIONS - 1) {
     struct pollfd p = {ack[0], POLLIN, 0};
     double until = monotonic() + (rand() % gap_ms) / 1000.0;
     while (monotonic() < until) {
@@ -470,18 +506,22 @@ static void storm(int synchronous, unsigned seed) {
   printf("   %s: %d kills, %ld messages acknowledged, %.1f s\n", mode, kills, acked,
          monotonic() - t0);
   check(acked >= min_acked && kills >= min_kills,
-        "%s: the storm reached %d acknowledged messages and %d kills within %d s", mode,
-        min_acked, min_kills, STORM_SECONDS_MAX);
+        "%s: the storm reached %d acknowledged messages and %d kills within %d s", mode, min_acked,
+        min_kills, STORM_SECONDS_MAX);
   check(child_errors == 0, "%s: no child failed an operation (%d did)", mode, child_errors);
 
   db = parent_db(synchronous);
   audit(db, mode);
   if (sqlite3_close(db) != SQLITE_OK) check(0, "%s: parent connection closes", mode);
 
-  snprintf(path, sizeof path, "%s", db_path); unlink(path);
-  snprintf(path, sizeof path, "%s-wal", db_path); unlink(path);
-  snprintf(path, sizeof path, "%s-shm", db_path); unlink(path);
-  snprintf(path, sizeof path, "%s-chanlite", db_path); unlink(path);
+  snprintf(path, sizeof path, "%s", db_path);
+  unlink(path);
+  snprintf(path, sizeof path, "%s-wal", db_path);
+  unlink(path);
+  snprintf(path, sizeof path, "%s-shm", db_path);
+  unlink(path);
+  snprintf(path, sizeof path, "%s-chanlite", db_path);
+  unlink(path);
   rmdir(dir);
 }
 

@@ -152,8 +152,8 @@ static int recv_all(sqlite3 *db, const char *channel) {
 static int recv_batch(sqlite3 *db, const char *channel, int max) {
   sqlite3_stmt *s = 0;
   int n = 0, rc;
-  if (sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?, ?)", -1, &s, 0)
-      != SQLITE_OK) {
+  if (sqlite3_prepare_v2(db, "SELECT message FROM channel_recv_batch(?, ?)", -1, &s, 0) !=
+      SQLITE_OK) {
     die(db, "prepare channel_recv_batch");
   }
   sqlite3_bind_text(s, 1, channel, -1, SQLITE_STATIC);
@@ -168,12 +168,12 @@ static void test_new_database(void) {
   char path[128];
   sqlite3 *db;
   new_path(path, sizeof path);
-  db = open_db(path);  /* WAL mode has already written the first page */
+  db = open_db(path); /* WAL mode has already written the first page */
   check(value(db, "PRAGMA auto_vacuum") == 0, "a new file starts without auto-vacuum", 0);
   send_n(db, "a", 1, 10);
   check(value(db, "PRAGMA auto_vacuum") == 2,
-        "chanlite's first write makes a database with no tables incremental",
-        "auto_vacuum %lld", value(db, "PRAGMA auto_vacuum"));
+        "chanlite's first write makes a database with no tables incremental", "auto_vacuum %lld",
+        value(db, "PRAGMA auto_vacuum"));
   check(value(db, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode = 'wal'") == 1,
         "and it stays in WAL mode", 0);
   check(recv_all(db, "a") == 1, "and the message sent on the way is there", 0);
@@ -190,8 +190,8 @@ static void test_existing_database(void) {
   check(value(db, "PRAGMA auto_vacuum") == 0,
         "a database with tables of its own is left without auto-vacuum", 0);
   exec(db, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM;");
-  check(value(db, "PRAGMA auto_vacuum") == 2,
-        "PRAGMA auto_vacuum=INCREMENTAL; VACUUM; turns it on", 0);
+  check(value(db, "PRAGMA auto_vacuum") == 2, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM; turns it on",
+        0);
   check(recv_all(db, "a") == 3, "and keeps the messages", 0);
   sqlite3_close(db);
 }
@@ -231,7 +231,7 @@ static void test_burst(int batch) {
   after_drain = file_size(path);
   exec(db, "PRAGMA wal_checkpoint");
   after_ckpt = file_size(path);
-  send_n(db, "other", 1, 10);  /* the next write restarts the WAL */
+  send_n(db, "other", 1, 10); /* the next write restarts the WAL */
   after_write = file_size(wal);
   check(n == burst_size && peak > (long long)burst_size * BODY && after_ckpt < 2 * MB,
         batch ? "a burst of 1 KB messages received by channel_recv_batch(100), then a "
@@ -243,8 +243,8 @@ static void test_burst(int batch) {
   if (batch) {
     /* The batch that found the queue empty finished the checkpoint that
     ** the batches' own commits could not (ext/disk.c). */
-    check(after_drain < 2 * MB, "and already before that checkpoint",
-          "%.2f MB", (double)after_drain / MB);
+    check(after_drain < 2 * MB, "and already before that checkpoint", "%.2f MB",
+          (double)after_drain / MB);
   }
   check(after_write <= 4 * MB, "and the next write cuts the WAL back to journal_size_limit",
         "WAL %.2f MB", (double)after_write / MB);
@@ -259,7 +259,7 @@ static void test_bounded_reclaim(void) {
   sqlite3_int64 before, after_recv, after_trim;
   new_path(path, sizeof path);
   db = open_db(path);
-  send_n(db, "a", 1, 10);  /* chanlite makes the database: incremental */
+  send_n(db, "a", 1, 10); /* chanlite makes the database: incremental */
   exec(db, "CREATE TABLE junk(x);"
            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 8000)"
            " INSERT INTO junk SELECT randomblob(1000) FROM n;"
@@ -271,8 +271,8 @@ static void test_bounded_reclaim(void) {
   check(value(db, "SELECT channel_trim()") == 0, "channel_trim() with nothing expired", 0);
   after_trim = value(db, "PRAGMA freelist_count");
   check(before > 1000 && after_recv < before && after_recv >= before - 40,
-        "a receive gives back a bounded number of free pages",
-        "%lld free pages before, %lld after", before, after_recv);
+        "a receive gives back a bounded number of free pages", "%lld free pages before, %lld after",
+        before, after_recv);
   check(after_trim == 0, "channel_trim() gives back every free page", "%lld left", after_trim);
   sqlite3_close(db);
 }
@@ -311,8 +311,8 @@ static void test_steady_wal(void) {
   /* SQLite's auto-checkpoint size (4 MB), plus the largest transaction
   ** (2 x 2,000 messages, some 5 MB), plus room. */
   check(peak_wal <= 12 * MB, "steady traffic with bursts: the WAL stays under 12 MB",
-        "peak WAL %.2f MB, peak file %.2f MB, file at the end %.2f MB",
-        (double)peak_wal / MB, (double)peak_db / MB, (double)file_size(path) / MB);
+        "peak WAL %.2f MB, peak file %.2f MB, file at the end %.2f MB", (double)peak_wal / MB,
+        (double)peak_db / MB, (double)file_size(path) / MB);
   sqlite3_close(batcher);
   sqlite3_close(receiver);
   sqlite3_close(sender);
@@ -379,8 +379,8 @@ static void test_restart_gives_up(void) {
         "a restart held back by a reader gives up, and puts the busy timeout back",
         "busy_timeout %lld, WAL %lld pages", value(writer, "PRAGMA busy_timeout"), during);
   exec(reader, "COMMIT");
-  send_n(writer, "a", 1, 10);  /* past the threshold: restarts */
-  send_n(writer, "a", 1, 10);  /* begins the WAL over */
+  send_n(writer, "a", 1, 10); /* past the threshold: restarts */
+  send_n(writer, "a", 1, 10); /* begins the WAL over */
   after = wal_pages(writer);
   check(during > 100 && after < 20, "and the WAL starts over once the reader is gone",
         "%lld pages in the WAL before, %lld after", during, after);
@@ -467,7 +467,7 @@ static void test_burst_under_readers(void) {
   db = open_db(path);
   exec(db, "SELECT chanlite_config('capacity', 1000000)");
   exec(db, "CREATE TABLE burst_done(x)");
-  sqlite3_close(db);  /* no connection crosses a fork */
+  sqlite3_close(db); /* no connection crosses a fork */
   for (i = 0; i < KIDS; i++) {
     int role = i < SENDERS ? ROLE_SENDER : i < SENDERS + RECEIVERS ? ROLE_RECEIVER : ROLE_READER;
     if (pipe(pipes[i]) != 0) die(0, "pipe");
@@ -508,15 +508,14 @@ static void test_burst_under_readers(void) {
     else reads += counts[i];
   }
   check(errors == 0 && sent == burst_size && received == sent &&
-            value(db, "SELECT count(*) FROM chanlite_message") == 0,
+          value(db, "SELECT count(*) FROM chanlite_message") == 0,
         "a burst sent and received by 2 + 2 processes while 2 more read: all delivered",
         "%d sent, %d received, %d reads, %d processes failed", sent, received, reads, errors);
   /* Without restarts this burst grew the WAL to about 680 MB; with them,
   ** 16-58 MB on a quiet machine, and up to 146 MB while other test suites
   ** loaded both cores. The bound tells the two apart without depending on
   ** how busy the machine is. */
-  check(peak_wal <= 256 * MB,
-        "and the WAL stays under 256 MB, though readers overlap all along",
+  check(peak_wal <= 256 * MB, "and the WAL stays under 256 MB, though readers overlap all along",
         "peak WAL %.2f MB", (double)peak_wal / MB);
   sqlite3_close(db);
 }

@@ -54,8 +54,7 @@ static sqlite3 *open_db(const char *path, const char *journal_mode, int busy_ms)
     fprintf(stderr, "exhaustion: open %s: %s\n", path, err ? err : sqlite3_errmsg(db));
     exit(2);
   }
-  snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s; PRAGMA synchronous=NORMAL;",
-           journal_mode);
+  snprintf(sql, sizeof sql, "PRAGMA journal_mode=%s; PRAGMA synchronous=NORMAL;", journal_mode);
   if (sqlite3_exec(db, sql, 0, 0, &err) != SQLITE_OK) {
     fprintf(stderr, "exhaustion: %s: %s\n", sql, err);
     exit(2);
@@ -66,8 +65,7 @@ static sqlite3 *open_db(const char *path, const char *journal_mode, int busy_ms)
 
 /* Runs a one-row statement with up to two text arguments. Returns the result
 ** code; *out (if given) receives the value as text, or the error message. */
-static int call(sqlite3 *db, const char *sql, const char *a, const char *b, char *out,
-                int n) {
+static int call(sqlite3 *db, const char *sql, const char *a, const char *b, char *out, int n) {
   sqlite3_stmt *s = 0;
   int rc = sqlite3_prepare_v2(db, sql, -1, &s, 0);
   if (rc == SQLITE_OK) {
@@ -99,8 +97,8 @@ static void check_sound(sqlite3 *db, const char *what) {
   check(count(db, "SELECT count(*) FROM (SELECT queue, count(*) AS n FROM chanlite_message "
                   "GROUP BY queue) LEFT JOIN chanlite_queue USING (queue) "
                   "WHERE n IS NOT depth") == 0 &&
-            count(db, "SELECT count(*) FROM chanlite_queue AS q WHERE depth IS NOT "
-                      "(SELECT count(*) FROM chanlite_message WHERE queue = q.queue)") == 0,
+          count(db, "SELECT count(*) FROM chanlite_queue AS q WHERE depth IS NOT "
+                    "(SELECT count(*) FROM chanlite_message WHERE queue = q.queue)") == 0,
         "%s: chanlite_queue depths match the rows", what);
 }
 
@@ -122,8 +120,10 @@ static int private_mounts(char *why, int n) {
     /* Not root: an unprivileged user namespace may still mount a tmpfs. */
     char map[64];
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) {
-      snprintf(why, (size_t)n, "unshare: %s (run as root, or enable unprivileged user "
-               "namespaces)", strerror(errno));
+      snprintf(why, (size_t)n,
+               "unshare: %s (run as root, or enable unprivileged user "
+               "namespaces)",
+               strerror(errno));
       return -1;
     }
     write_file("/proc/self/setgroups", "deny", why, n); /* older kernels lack it */
@@ -154,8 +154,7 @@ static long fill(const char *path) {
 
 static void expect_full(int rc, const char *got, const char *call_name, const char *what) {
   char want[128];
-  snprintf(want, sizeof want, "chanlite: %s(): database or disk is full (no space left",
-           call_name);
+  snprintf(want, sizeof want, "chanlite: %s(): database or disk is full (no space left", call_name);
   check(rc == SQLITE_FULL && strncmp(got, want, strlen(want)) == 0,
         "%s: %s fails with SQLITE_FULL: code %d, \"%.110s...\"", what, call_name, rc, got);
 }
@@ -195,8 +194,8 @@ static void disk_full(const char *mnt, const char *journal_mode) {
       expect_full(rc, buf, "channel_send", what);
     }
   }
-  printf("   %s: filler took %ld bytes; %d sends succeeded before the refusal\n", what,
-         freed, sent - 20);
+  printf("   %s: filler took %ld bytes; %d sends succeeded before the refusal\n", what, freed,
+         sent - 20);
   check(refused_at >= 0, "%s: a send is refused once the disk is full", what);
 
   rc = call(db, "SELECT channel_recv('q')", 0, 0, buf, sizeof buf);
@@ -226,8 +225,8 @@ static void disk_full(const char *mnt, const char *journal_mode) {
     next++;
   }
   check(rc == SQLITE_OK && next == sent && in_order,
-        "%s: every acknowledged message received once, in order, after (%d of %d; %s)",
-        what, next, sent, rc == SQLITE_OK ? "no error" : buf);
+        "%s: every acknowledged message received once, in order, after (%d of %d; %s)", what, next,
+        sent, rc == SQLITE_OK ? "no error" : buf);
   check_sound(db, what);
   check(sqlite3_close(db) == SQLITE_OK, "%s: the connection closes", what);
   unlink(path);
@@ -243,7 +242,10 @@ static void disk_full_tests(void) {
   /* In a child, so that the parent's mounts stay as they were. */
   pid = fork();
   if (pid == 0) {
-    if (!mkdtemp(mnt)) { perror("mkdtemp"); _exit(2); }
+    if (!mkdtemp(mnt)) {
+      perror("mkdtemp");
+      _exit(2);
+    }
     if (private_mounts(why, sizeof why) != 0 ||
         (mount("chanlite-full", mnt, "tmpfs", 0, "size=512k") != 0 &&
          snprintf(why, sizeof why, "mount tmpfs: %s", strerror(errno)) > 0)) {
@@ -258,7 +260,10 @@ static void disk_full_tests(void) {
     printf("disk full: %d passed, %d failed\n", passed, failed);
     _exit(failed ? 1 : 0);
   }
-  if (pid < 0 || waitpid(pid, &status, 0) != pid) { perror("fork"); exit(2); }
+  if (pid < 0 || waitpid(pid, &status, 0) != pid) {
+    perror("fork");
+    exit(2);
+  }
   check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "disk full: every check above passed");
   rmdir(mnt);
 }
@@ -267,7 +272,8 @@ static void disk_full_tests(void) {
 
 static void expect_busy(int rc, const char *got, const char *call_name) {
   char want[256];
-  snprintf(want, sizeof want, "chanlite: %s(): database is locked (another connection held "
+  snprintf(want, sizeof want,
+           "chanlite: %s(): database is locked (another connection held "
            "the write lock past the busy timeout: retry, or raise the busy timeout;",
            call_name);
   check(rc == SQLITE_BUSY && strncmp(got, want, strlen(want)) == 0,
@@ -278,7 +284,10 @@ static void expect_busy(int rc, const char *got, const char *call_name) {
 static void take(char *seen, const char *body, int *got, int *dup) {
   int k = atoi(body);
   if (k < 0 || k >= 20000 || seen[k] != 1) (*dup)++;
-  else { seen[k] = 2; (*got)++; }
+  else {
+    seen[k] = 2;
+    (*got)++;
+  }
 }
 
 static void lock_storm(void) {
@@ -291,13 +300,19 @@ static void lock_storm(void) {
   static char seen[20000];
   struct timespec t0, t1;
   double waited_ms;
-  if (fd < 0) { perror("mkstemp"); exit(2); }
+  if (fd < 0) {
+    perror("mkstemp");
+    exit(2);
+  }
   close(fd);
 
   /* The storm's lock holder, forked before this process opens anything
   ** (connections must not cross a fork): it takes the lock for 80 ms, lets
   ** go for 20 ms, 30 times, once told to start. */
-  if (pipe(go) != 0) { perror("pipe"); exit(2); }
+  if (pipe(go) != 0) {
+    perror("pipe");
+    exit(2);
+  }
   fflush(stdout);
   pid = fork();
   if (pid == 0) {
@@ -361,13 +376,18 @@ static void lock_storm(void) {
 
   /* The storm, while this process sends and receives, in turn, at a 50 ms
   ** busy timeout. */
-  if (write(go[1], "x", 1) != 1) { perror("write"); exit(2); }
+  if (write(go[1], "x", 1) != 1) {
+    perror("write");
+    exit(2);
+  }
   close(go[1]);
   for (i = 0; i < (int)sizeof seen && (reaped = waitpid(pid, &status, WNOHANG)) == 0; i++) {
     snprintf(body, sizeof body, "%d", i);
     rc = call(db, "SELECT channel_send('storm', ?1)", body, 0, buf, sizeof buf);
-    if (rc == SQLITE_OK) { seen[i] = 1; sent++; }
-    else if (rc == SQLITE_BUSY) refused++;
+    if (rc == SQLITE_OK) {
+      seen[i] = 1;
+      sent++;
+    } else if (rc == SQLITE_BUSY) refused++;
     else if (other++ == 0) snprintf(first_other, sizeof first_other, "%s", buf);
     rc = call(db, "SELECT channel_recv('storm')", 0, 0, buf, sizeof buf);
     if (rc == SQLITE_BUSY) got_busy++;
@@ -385,18 +405,23 @@ static void lock_storm(void) {
     take(seen, buf, &got, &dup);
   }
   printf("   storm: %d sends returned an id, %d were refused with SQLITE_BUSY; %d receives "
-         "refused\n", sent, refused, got_busy);
+         "refused\n",
+         sent, refused, got_busy);
   check(refused > 0 && sent > 0, "storm: some sends were refused, some went through");
   check(got == sent && dup == 0,
         "storm: every send that returned was received once, no refused one ever (%d of %d, "
-        "%d unexpected)", got, sent, dup);
+        "%d unexpected)",
+        got, sent, dup);
   check_sound(db, "storm");
   check(sqlite3_close(db) == SQLITE_OK && sqlite3_close(holder) == SQLITE_OK,
         "storm: the connections close");
   unlink(path);
-  snprintf(side, sizeof side, "%s-wal", path); unlink(side);
-  snprintf(side, sizeof side, "%s-shm", path); unlink(side);
-  snprintf(side, sizeof side, "%s-chanlite", path); unlink(side);
+  snprintf(side, sizeof side, "%s-wal", path);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-shm", path);
+  unlink(side);
+  snprintf(side, sizeof side, "%s-chanlite", path);
+  unlink(side);
 }
 
 int main(int argc, char **argv) {

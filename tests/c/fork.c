@@ -26,7 +26,7 @@ static sqlite3 *open_db(void) {
       sqlite3_load_extension(db, ext, "sqlite3_chanlite_init", &err) != SQLITE_OK ||
       sqlite3_busy_timeout(db, 5000) != SQLITE_OK ||
       sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL", 0, 0, &err) !=
-          SQLITE_OK) {
+        SQLITE_OK) {
     fprintf(stderr, "open %s: %s\n", db_path, err ? err : sqlite3_errmsg(db));
     sqlite3_free(err);
     sqlite3_close(db);
@@ -77,8 +77,8 @@ static int child(sqlite3 *inherited, int ready_fd) {
   }
   sqlite3_free(msg);
   msg = 0;
-  if (one(inherited, "SELECT count(*) FROM channel_recv_batch('fork', 10)", &msg) == -1 &&
-      msg && strstr(msg, "after fork()")) {
+  if (one(inherited, "SELECT count(*) FROM channel_recv_batch('fork', 10)", &msg) == -1 && msg &&
+      strstr(msg, "after fork()")) {
     found |= INHERITED_BATCH_REFUSED;
   }
   sqlite3_free(msg);
@@ -118,22 +118,28 @@ int main(int argc, char **argv) {
   }
   ext = argv[1];
   snprintf(dir, sizeof dir, "/tmp/chanlite-fork-XXXXXX");
-  if (!mkdtemp(dir)) { perror("mkdtemp"); return 1; }
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 1;
+  }
   snprintf(db_path, sizeof db_path, "%s/f.db", dir);
   db = open_db();
   if (!db || pipe(ready) != 0) return 1;
   /* Every kind of use before the fork: a send, a receive, a group, a wait
   ** (which opens the inotify watch), a batch (its second connection). */
   check(one(db, "SELECT channel_send('fork', 'before the fork') > 0", 0) == 1 &&
-            one(db, "SELECT channel_send('fork.x', 'x') > 0", 0) == 1 &&
-            one(db, "SELECT channel_recv('fork.x') = 'x'", 0) == 1 &&
-            one(db, "SELECT group_add('g', 'fork.g')", 0) == 1 &&
-            one(db, "SELECT channel_wait('fork.none', 0)", 0) == 0 &&
-            one(db, "SELECT count(*) FROM channel_recv_batch('fork.none', 5)", 0) == 0,
+          one(db, "SELECT channel_send('fork.x', 'x') > 0", 0) == 1 &&
+          one(db, "SELECT channel_recv('fork.x') = 'x'", 0) == 1 &&
+          one(db, "SELECT group_add('g', 'fork.g')", 0) == 1 &&
+          one(db, "SELECT channel_wait('fork.none', 0)", 0) == 0 &&
+          one(db, "SELECT count(*) FROM channel_recv_batch('fork.none', 5)", 0) == 0,
         "the parent used every kind of call before fork()");
   fflush(stdout);
   pid = fork();
-  if (pid < 0) { perror("fork"); return 1; }
+  if (pid < 0) {
+    perror("fork");
+    return 1;
+  }
   if (pid == 0) {
     close(ready[0]);
     _exit(child(db, ready[1]));
@@ -141,7 +147,7 @@ int main(int argc, char **argv) {
   close(ready[1]);
   /* The parent goes on with its own connection meanwhile. */
   check(one(db, "SELECT group_send('g', 'still working')", 0) == 1 &&
-            one(db, "SELECT channel_recv('fork.g') = 'still working'", 0) == 1,
+          one(db, "SELECT channel_recv('fork.g') = 'still working'", 0) == 1,
         "the parent's connection works after fork()");
   if (read(ready[0], &byte, 1) == 1) {
     check(one(db, "SELECT channel_send('fork.wait', 'ring') > 0", 0) == 1,
@@ -159,7 +165,7 @@ int main(int argc, char **argv) {
   check(found & FRESH_WAIT_HEARS_PARENT,
         "the child's channel_wait() wakes for the parent's send (its own watch)");
   check(one(db, "SELECT count(*) FROM chanlite_message", 0) == 0 &&
-            one(db, "SELECT channel_wait('fork.none', 0)", 0) == 0,
+          one(db, "SELECT channel_wait('fork.none', 0)", 0) == 0,
         "nothing left queued, and the parent's wait still works");
   sqlite3_close(db);
   unlink(db_path);

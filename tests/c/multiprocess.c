@@ -79,7 +79,8 @@ static void error(const char *who, const char *what, sqlite3 *db) {
           db ? sqlite3_extended_errcode(db) : 0);
 }
 
-/* 5000 ms, as Python's default: what DESIGN.md promises no caller sees
+/* 5000 ms, as Python's default: what docs/design.md (Guarantees) promises
+** no caller sees
 ** "database is locked" at. CHANLITE_MP_BUSY_MS overrides it for the
 ** sanitizer and valgrind runs only (tests/sanitize.sh), where every lock is
 ** held tens of times longer and SQLite's unfair lock can starve a process
@@ -106,8 +107,9 @@ static sqlite3 *open_db(const char *who) {
     return 0;
   }
   if (sqlite3_busy_timeout(db, busy_timeout_ms()) != SQLITE_OK ||
-      sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                       "SELECT chanlite_clock(" PINNED_CLOCK ");",
+      sqlite3_exec(db,
+                   "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                   "SELECT chanlite_clock(" PINNED_CLOCK ");",
                    0, 0, &err) != SQLITE_OK) {
     fprintf(stderr, "%s: settings: %s\n", who, err ? err : "");
     errors++;
@@ -138,7 +140,8 @@ static void close_db(sqlite3 *db, const char *who) {
 /* The channel sender `sid` sends its message `seq` to. */
 static const char *channel_of(int sid, int seq) {
   switch (sid) {
-    case 0: case 1: return "mp.q";
+    case 0:
+    case 1: return "mp.q";
     case 2: return seq % 2 ? "mp.p!b" : "mp.p!a";
     default: return "mp.p!c";
   }
@@ -164,12 +167,11 @@ static int sender(int sid) {
     /* Every 100 messages, a rolled-back ghost; every 50, the next 5 sends
     ** in one transaction of the sender's own. */
     if (seq % 100 == 17) {
-      exec(db, who, "BEGIN IMMEDIATE; SELECT channel_send('mp.q', 'ghost');"
-                    "SELECT channel_send('mp.p!a', 'ghost'); ROLLBACK;");
+      exec(db, who,
+           "BEGIN IMMEDIATE; SELECT channel_send('mp.q', 'ghost');"
+           "SELECT channel_send('mp.p!a', 'ghost'); ROLLBACK;");
     }
-    if (seq % 50 == 0 && !in_txn) {
-      in_txn = exec(db, who, "BEGIN IMMEDIATE") == SQLITE_OK;
-    }
+    if (seq % 50 == 0 && !in_txn) { in_txn = exec(db, who, "BEGIN IMMEDIATE") == SQLITE_OK; }
     sqlite3_bind_text(s, 1, ch, -1, SQLITE_STATIC);
     if (seq % 2 == 0) sqlite3_bind_text(s, 2, body, len, SQLITE_STATIC);
     else sqlite3_bind_blob(s, 2, body, len, SQLITE_STATIC);
@@ -197,7 +199,8 @@ static int senders_done(int fd) {
 
 static const char *receiver_channel(int rid) {
   switch (rid) {
-    case 0: case 1: return "mp.q";
+    case 0:
+    case 1: return "mp.q";
     case 2: return "mp.p!";
     default: return "mp.p!c";
   }
@@ -223,8 +226,9 @@ static int receiver(int rid, int done_fd) {
     fclose(out);
     return 1;
   }
-  if (sqlite3_prepare_v2(db, batch ? "SELECT channel, message FROM channel_recv_batch(?1, 100)"
-                                   : "SELECT ?1, channel_recv(?1)",
+  if (sqlite3_prepare_v2(db,
+                         batch ? "SELECT channel, message FROM channel_recv_batch(?1, 100)"
+                               : "SELECT ?1, channel_recv(?1)",
                          -1, &s, 0) != SQLITE_OK ||
       sqlite3_prepare_v2(db, "SELECT channel_wait(?1, 0.2)", -1, &wait, 0) != SQLITE_OK) {
     error(who, "prepare", db);
@@ -238,7 +242,10 @@ static int receiver(int rid, int done_fd) {
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
       int type = sqlite3_column_type(s, 1);
       if (type == SQLITE_NULL) break;
-      fprintf(out, "%c %s ", type == SQLITE_TEXT ? 'T' : type == SQLITE_BLOB ? 'B' : '?',
+      fprintf(out, "%c %s ",
+              type == SQLITE_TEXT   ? 'T'
+              : type == SQLITE_BLOB ? 'B'
+                                    : '?',
               (const char *)sqlite3_column_text(s, 0));
       fwrite(sqlite3_column_blob(s, 1), 1, (size_t)sqlite3_column_bytes(s, 1), out);
       fputc('\n', out);
@@ -269,7 +276,7 @@ static void watchdog(int sig) {
   int i;
   (void)sig;
   for (i = 0; i < n_pids; i++) kill(pids[i], SIGKILL);
-  if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
+  if (write(2, msg, sizeof msg - 1) < 0) _exit(1); /* nothing more to say */
   _exit(1);
 }
 
@@ -290,25 +297,35 @@ static pid_t spawn(int (*fn)(int, int), int arg, int fd, int close_fd) {
   return pid;
 }
 
-static int run_sender(int sid, int fd) { (void)fd; return sender(sid); }
-static int run_receiver(int rid, int fd) { return receiver(rid, fd); }
+static int run_sender(int sid, int fd) {
+  (void)fd;
+  return sender(sid);
+}
+static int run_receiver(int rid, int fd) {
+  return receiver(rid, fd);
+}
 
 /* Wait for one child; whether it exited 0. */
 static int reap(pid_t pid, const char *what, int id) {
   int status;
   while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) { perror("waitpid"); return 0; }
+    if (errno != EINTR) {
+      perror("waitpid");
+      return 0;
+    }
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 1;
-  if (WIFSIGNALED(status)) fprintf(stderr, "%s %d killed by signal %d\n", what, id, WTERMSIG(status));
+  if (WIFSIGNALED(status))
+    fprintf(stderr, "%s %d killed by signal %d\n", what, id, WTERMSIG(status));
   else fprintf(stderr, "%s %d exited with %d\n", what, id, WEXITSTATUS(status));
   return 0;
 }
 
 static void remove_dir(void) {
   char path[256];
-  static const char *files[] = {"mp.db", "mp.db-wal", "mp.db-shm", "mp.db-journal", "mp.db-chanlite",
-                                "received.0", "received.1", "received.2", "received.3"};
+  static const char *files[] = {"mp.db",         "mp.db-wal",      "mp.db-shm",
+                                "mp.db-journal", "mp.db-chanlite", "received.0",
+                                "received.1",    "received.2",     "received.3"};
   size_t i;
   for (i = 0; i < sizeof files / sizeof files[0]; i++) {
     snprintf(path, sizeof path, "%s/%s", dir, files[i]);
@@ -324,8 +341,8 @@ int main(int argc, char **argv) {
   int pipefd[2], i, ok_children = 1;
   pid_t senders[SENDERS], receivers[RECEIVERS];
   unsigned char *seen[SENDERS];
-  long received = 0, unexpected = 0, dup = 0, wrong_channel = 0, wrong_type = 0,
-       out_of_order = 0, missing = 0;
+  long received = 0, unexpected = 0, dup = 0, wrong_channel = 0, wrong_type = 0, out_of_order = 0,
+       missing = 0;
   sqlite3 *db;
 
   if (argc < 2) {

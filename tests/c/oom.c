@@ -39,11 +39,11 @@
 /* ---- the failing allocator ---- */
 
 static sqlite3_mem_methods real;
-static int armed;          /* count allocations towards the fault */
-static int persistent;     /* keep failing after the first fault */
-static long countdown;     /* allocations left before the fault */
-static int fired;          /* the fault was injected */
-static long live;          /* allocations not yet freed */
+static int armed;      /* count allocations towards the fault */
+static int persistent; /* keep failing after the first fault */
+static long countdown; /* allocations left before the fault */
+static int fired;      /* the fault was injected */
+static long live;      /* allocations not yet freed */
 
 /* A place for a debugger's breakpoint: the injected fault. */
 static void __attribute__((noinline)) fault_injected(void) {
@@ -74,10 +74,20 @@ static void *oom_realloc(void *p, int n) {
   return fail_now() ? 0 : real.xRealloc(p, n);
 }
 
-static int oom_size(void *p) { return real.xSize(p); }
-static int oom_roundup(int n) { return real.xRoundup(n); }
-static int oom_init(void *app) { (void)app; return real.xInit(real.pAppData); }
-static void oom_shutdown(void *app) { (void)app; real.xShutdown(real.pAppData); }
+static int oom_size(void *p) {
+  return real.xSize(p);
+}
+static int oom_roundup(int n) {
+  return real.xRoundup(n);
+}
+static int oom_init(void *app) {
+  (void)app;
+  return real.xInit(real.pAppData);
+}
+static void oom_shutdown(void *app) {
+  (void)app;
+  real.xShutdown(real.pAppData);
+}
 
 static void install_allocator(void) {
   static sqlite3_mem_methods wrapped;
@@ -123,7 +133,10 @@ static void text_add(Text *t, const char *fmt, ...) {
   if (t->n + (size_t)need + 1 > t->cap) {
     t->cap = (t->n + (size_t)need + 1) * 2;
     t->z = realloc(t->z, t->cap);
-    if (!t->z) { perror("oom"); exit(2); }
+    if (!t->z) {
+      perror("oom");
+      exit(2);
+    }
   }
   va_start(ap, fmt);
   vsnprintf(t->z + t->n, t->cap - t->n, fmt, ap);
@@ -131,7 +144,9 @@ static void text_add(Text *t, const char *fmt, ...) {
   t->n += (size_t)need;
 }
 
-static const char *text_of(const Text *t) { return t->z ? t->z : ""; }
+static const char *text_of(const Text *t) {
+  return t->z ? t->z : "";
+}
 
 static void text_free(Text *t) {
   free(t->z);
@@ -190,8 +205,8 @@ static int run_sql(sqlite3 *db, const char *sql, Text *rows) {
 /* ---- checks ---- */
 
 static int failures, known_failures;
-static const char *where;   /* scenario, mode and N, for messages */
-static const char *known;   /* why failures here are known and not counted */
+static const char *where; /* scenario, mode and N, for messages */
+static const char *known; /* why failures here are known and not counted */
 
 static void fail(const char *fmt, ...) {
   va_list ap;
@@ -226,12 +241,13 @@ static void state_of(sqlite3 *db, Text *state) {
     text_add(state, "(no chanlite tables)\n");
   } else {
     rc = run_sql(db,
-        "SELECT queue || coalesce(local, ''), body, expires_at "
-        "  FROM chanlite_message ORDER BY id;"
-        "SELECT 'member', group_name, channel, expires_at FROM chanlite_group "
-        "  ORDER BY group_name, channel;"
-        "SELECT 'config', key, value FROM chanlite_config ORDER BY key;"
-        "SELECT 'capacity', pattern, capacity FROM chanlite_capacity ORDER BY id;", state);
+                 "SELECT queue || coalesce(local, ''), body, expires_at "
+                 "  FROM chanlite_message ORDER BY id;"
+                 "SELECT 'member', group_name, channel, expires_at FROM chanlite_group "
+                 "  ORDER BY group_name, channel;"
+                 "SELECT 'config', key, value FROM chanlite_config ORDER BY key;"
+                 "SELECT 'capacity', pattern, capacity FROM chanlite_capacity ORDER BY id;",
+                 state);
   }
   if (rc == SQLITE_OK) rc = run_sql(db, "SELECT 'clock', chanlite_now()", state);
   if (rc != SQLITE_OK) fail("reading the state: %s", sqlite3_errmsg(db));
@@ -246,14 +262,13 @@ static void check_consistent(sqlite3 *db) {
   text_free(&t);
   if (!has_schema(db)) return;
   if (run_sql(db,
-          "SELECT queue, count(*) FROM chanlite_message GROUP BY queue "
-          "EXCEPT SELECT queue, depth FROM chanlite_queue;"
-          "SELECT queue, depth FROM chanlite_queue WHERE depth <> 0 "
-          "EXCEPT SELECT queue, count(*) FROM chanlite_message GROUP BY queue;",
-          &t) != SQLITE_OK ||
+              "SELECT queue, count(*) FROM chanlite_message GROUP BY queue "
+              "EXCEPT SELECT queue, depth FROM chanlite_queue;"
+              "SELECT queue, depth FROM chanlite_queue WHERE depth <> 0 "
+              "EXCEPT SELECT queue, count(*) FROM chanlite_message GROUP BY queue;",
+              &t) != SQLITE_OK ||
       t.n > 0) {
-    fail("chanlite_queue depths do not match the messages: %s %s", text_of(&t),
-         sqlite3_errmsg(db));
+    fail("chanlite_queue depths do not match the messages: %s %s", text_of(&t), sqlite3_errmsg(db));
   }
   text_free(&t);
 }
@@ -262,7 +277,10 @@ static void check_consistent(sqlite3 *db) {
 static void subtract_lines(const char *before, const char *taken, Text *out) {
   const char *line = before;
   char *used = calloc(strlen(taken) + 1, 1);
-  if (!used) { perror("oom"); exit(2); }
+  if (!used) {
+    perror("oom");
+    exit(2);
+  }
   while (*line) {
     const char *end = strchr(line, '\n');
     size_t n = end ? (size_t)(end - line) + 1 : strlen(line), m;
@@ -288,37 +306,39 @@ static void subtract_lines(const char *before, const char *taken, Text *out) {
 enum { IN_AUTOCOMMIT, IN_TRANSACTION };
 
 /* Known limits, reported as KNOWN and not counted as failures. */
-#define PUT_BACK_NEEDS_MEMORY \
+#define PUT_BACK_NEEDS_MEMORY                                                   \
   "rows channel_recv_batch popped but never handed out are put back after its " \
   "commit; when every allocation fails from then on, the put-back fails and is logged"
-#define SCHEMA_NEEDS_MEMORY \
+#define SCHEMA_NEEDS_MEMORY                                                     \
   "out of memory while creating the tables interrupts the connection, and the " \
   "statements that would roll back DDL must be prepared again, which then fails"
 
 typedef struct Scenario {
   const char *name;
-  const char *setup;  /* run without faults after loading; clock pinned first */
-  const char *call;   /* the call under test; NULL: loading the extension */
-  int partial;        /* rows returned before a failure are delivered */
-  const char *known_persistent;  /* a known limit with persistent faults */
-  const char *known;             /* a known limit in every mode */
+  const char *setup;            /* run without faults after loading; clock pinned first */
+  const char *call;             /* the call under test; NULL: loading the extension */
+  int partial;                  /* rows returned before a failure are delivered */
+  const char *known_persistent; /* a known limit with persistent faults */
+  const char *known;            /* a known limit in every mode */
 } Scenario;
 
 #define CLOCK "SELECT chanlite_clock(1000);"
 #define TWO_SENT CLOCK "SELECT channel_send('chat', 'm1'); SELECT channel_send('chat', X'00ff');"
-#define PREFIXED CLOCK "SELECT channel_send('p!a', 'a1'); SELECT channel_send('p!b', 'b1');" \
-                 "SELECT channel_send('p!a', 'a2'); SELECT channel_send('q', 'q1');"
-#define MEMBERS CLOCK "SELECT group_add('room', 'chat'); SELECT group_add('room', 'p!x');" \
-                "SELECT chanlite_capacity('full', 1); SELECT channel_send('full', 'f');" \
-                "SELECT group_add('room', 'full'); SELECT group_add('other', 'q');"
-#define AGED CLOCK "SELECT channel_send('old', 'o1'); SELECT group_add('g', 'old');" \
-             "SELECT chanlite_clock(1100); SELECT channel_send('new', 'n1');" \
-             "SELECT group_add('g', 'new');"
+#define PREFIXED                                                              \
+  CLOCK "SELECT channel_send('p!a', 'a1'); SELECT channel_send('p!b', 'b1');" \
+        "SELECT channel_send('p!a', 'a2'); SELECT channel_send('q', 'q1');"
+#define MEMBERS                                                                  \
+  CLOCK "SELECT group_add('room', 'chat'); SELECT group_add('room', 'p!x');"     \
+        "SELECT chanlite_capacity('full', 1); SELECT channel_send('full', 'f');" \
+        "SELECT group_add('room', 'full'); SELECT group_add('other', 'q');"
+#define AGED                                                              \
+  CLOCK "SELECT channel_send('old', 'o1'); SELECT group_add('g', 'old');" \
+        "SELECT chanlite_clock(1100); SELECT channel_send('new', 'n1');"  \
+        "SELECT group_add('g', 'new');"
 
 static const Scenario scenarios[] = {
   {"load", 0, 0, 0, 0, 0},
-  {"send_first_use", CLOCK, "SELECT channel_send('chat', 'hello')", 0, 0,
-   SCHEMA_NEEDS_MEMORY},
+  {"send_first_use", CLOCK, "SELECT channel_send('chat', 'hello')", 0, 0, SCHEMA_NEEDS_MEMORY},
   {"send_text", TWO_SENT, "SELECT channel_send('chat', 'hello')", 0, 0, 0},
   {"send_blob", TWO_SENT, "SELECT channel_send('p!x', X'0001ff')", 0, 0, 0},
   {"send_full", TWO_SENT "SELECT chanlite_config('capacity', 2);",
@@ -327,13 +347,15 @@ static const Scenario scenarios[] = {
   {"recv", TWO_SENT, "SELECT channel_recv('chat')", 0, 0, 0},
   {"recv_prefix", PREFIXED, "SELECT channel_recv('p!')", 0, 0, 0},
   {"recv_local", PREFIXED, "SELECT channel_recv('p!b')", 0, 0, 0},
-  {"recv_expired_head", AGED "SELECT channel_send('old', 'o2');" "SELECT chanlite_clock(1070);",
+  {"recv_expired_head",
+   AGED "SELECT channel_send('old', 'o2');"
+        "SELECT chanlite_clock(1070);",
    "SELECT channel_recv('old')", 0, 0, 0},
   {"recv_empty", TWO_SENT, "SELECT channel_recv('nothing')", 0, 0, 0},
   {"recv_no_tables", CLOCK, "SELECT channel_recv('chat')", 0, 0, 0},
   {"group_add", MEMBERS, "SELECT group_add('room', 'new')", 0, 0, 0},
-  {"group_add_again", MEMBERS "SELECT chanlite_clock(2000);", "SELECT group_add('room', 'chat')",
-   0, 0, 0},
+  {"group_add_again", MEMBERS "SELECT chanlite_clock(2000);", "SELECT group_add('room', 'chat')", 0,
+   0, 0},
   {"group_discard", MEMBERS, "SELECT group_discard('room', 'chat')", 0, 0, 0},
   {"group_discard_none", MEMBERS, "SELECT group_discard('room', 'stranger')", 0, 0, 0},
   {"group_send", MEMBERS, "SELECT group_send('room', 'to all')", 0, 0, 0},
@@ -347,9 +369,8 @@ static const Scenario scenarios[] = {
   {"capacity_remove", TWO_SENT "SELECT chanlite_capacity('chat*', 5);",
    "SELECT chanlite_capacity('chat*', NULL)", 0, 0, 0},
   {"clock", TWO_SENT, "SELECT chanlite_clock(5000)", 0, 0, 0},
-  {"recv_batch", PREFIXED,
-   "SELECT channel, message, expires_at FROM channel_recv_batch('p!', 10)", 1,
-   PUT_BACK_NEEDS_MEMORY, 0},
+  {"recv_batch", PREFIXED, "SELECT channel, message, expires_at FROM channel_recv_batch('p!', 10)",
+   1, PUT_BACK_NEEDS_MEMORY, 0},
   {"recv_batch_local", PREFIXED,
    "SELECT channel, message, expires_at FROM channel_recv_batch('p!a', 10)", 1,
    PUT_BACK_NEEDS_MEMORY, 0},
@@ -400,11 +421,11 @@ static sqlite3 *fresh(const Scenario *sc, int load_it) {
 
 typedef struct Run {
   int rc;
-  Text rows;        /* what the call returned */
-  Text state;       /* the state it left, once committed */
-  int reached;      /* the fault was injected */
-  int rolled_back;  /* SQLite rolled back the caller's whole transaction */
-  char err[200];    /* the error it failed with */
+  Text rows;       /* what the call returned */
+  Text state;      /* the state it left, once committed */
+  int reached;     /* the fault was injected */
+  int rolled_back; /* SQLite rolled back the caller's whole transaction */
+  char err[200];   /* the error it failed with */
 } Run;
 
 /* Run the call once; n 0 means no fault. */
@@ -415,7 +436,10 @@ static void run_call(const Scenario *sc, int txn, long n, int keep_failing, Run 
   int rc;
   memset(out, 0, sizeof *out);
   db = fresh(sc, sc->call != 0);
-  if (!db) { out->rc = -1; return; }
+  if (!db) {
+    out->rc = -1;
+    return;
+  }
   if (txn == IN_TRANSACTION) run_sql(db, "BEGIN", 0);
   if (n > 0) arm(n, keep_failing);
   if (sc->call) {
@@ -513,15 +537,15 @@ static void check_scenario(const Scenario *sc, int txn, int keep_failing, long s
     }
     text_free(&got.rows);
     text_free(&got.state);
-    if (!got.reached) break;                    /* ran to the end without a fault */
+    if (!got.reached) break; /* ran to the end without a fault */
     /* Enough to go on. */
     if (failures - before_failures + known_failures - before_known > 5) break;
   }
   printf("%s %s: %s, %s: N up to %ld, %ld runs, %ld failed calls\n",
-         failures != before_failures        ? "FAILED"
+         failures != before_failures      ? "FAILED"
          : known_failures != before_known ? "ok (known limit hit)"
-                                          : "ok", sc->name, in, mode, n, tried,
-         failed_calls);
+                                          : "ok",
+         sc->name, in, mode, n, tried, failed_calls);
   fflush(stdout);
   text_free(&ref.rows);
   text_free(&ref.state);
@@ -545,7 +569,10 @@ int main(int argc, char **argv) {
   if (getenv("CHANLITE_OOM_FIRST")) first_n = atol(getenv("CHANLITE_OOM_FIRST"));
   snprintf(dir, sizeof dir, "%s/chanlite-oom-XXXXXX",
            access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-  if (!mkdtemp(dir)) { perror("mkdtemp"); return 2; }
+  if (!mkdtemp(dir)) {
+    perror("mkdtemp");
+    return 2;
+  }
   snprintf(db_path, sizeof db_path, "%s/oom.db", dir);
   install_allocator();
   for (i = 0; i < N_SCENARIOS; i++) {
@@ -558,7 +585,7 @@ int main(int argc, char **argv) {
   }
   remove_db_files();
   rmdir(dir);
-  printf("%s; %d known-limit failures (KNOWN lines above)\n",
-         failures ? "FAILED" : "all passed", known_failures);
+  printf("%s; %d known-limit failures (KNOWN lines above)\n", failures ? "FAILED" : "all passed",
+         known_failures);
   return failures ? 1 : 0;
 }

@@ -32,7 +32,10 @@ static int setup(void **state) {
   Fixture *f = calloc(1, sizeof *f);
   if (!f) return -1;
   snprintf(f->dir, sizeof f->dir, "/tmp/chanlite-unit-XXXXXX");
-  if (!mkdtemp(f->dir)) { free(f); return -1; }
+  if (!mkdtemp(f->dir)) {
+    free(f);
+    return -1;
+  }
   *state = f;
   return 0;
 }
@@ -103,9 +106,7 @@ static void close_ok(sqlite3 *db) {
 
 static void exec_ok(sqlite3 *db, const char *sql) {
   char *err = 0;
-  if (sqlite3_exec(db, sql, 0, 0, &err) != SQLITE_OK) {
-    fail_msg("%s: %s", sql, err ? err : "?");
-  }
+  if (sqlite3_exec(db, sql, 0, 0, &err) != SQLITE_OK) { fail_msg("%s: %s", sql, err ? err : "?"); }
 }
 
 static sqlite3_stmt *prepare(sqlite3 *db, const char *sql) {
@@ -163,8 +164,10 @@ static void fails_with(sqlite3 *db, const char *sql, int code, const char *prefi
     fail_msg("%s: error code %d (extended %d), expected %d: %s", sql, sqlite3_errcode(db),
              sqlite3_extended_errcode(db), code, msg);
   }
-  if (prefix && !starts_with(msg, prefix)) fail_msg("%s: message '%s' does not start '%s'", sql, msg, prefix);
-  if (contains && !strstr(msg, contains)) fail_msg("%s: message '%s' lacks '%s'", sql, msg, contains);
+  if (prefix && !starts_with(msg, prefix))
+    fail_msg("%s: message '%s' does not start '%s'", sql, msg, prefix);
+  if (contains && !strstr(msg, contains))
+    fail_msg("%s: message '%s' lacks '%s'", sql, msg, contains);
   sqlite3_free(err);
 }
 
@@ -232,7 +235,7 @@ static sqlite3_int64 table_count(sqlite3 *db) {
 static void use_everything(sqlite3 *db) {
   sqlite3_stmt *s;
   exec_ok(db, "SELECT chanlite_clock(1000)");
-  text_is(db, "SELECT chanlite_version()", "v0.1.0");
+  text_is(db, "SELECT chanlite_version()", CHANLITE_VERSION); /* meson.build's */
   assert_int_equal(type_of(db, "SELECT chanlite_debug()"), SQLITE_TEXT);
   assert_int_equal(int_of(db, "SELECT chanlite_now()"), 1000);
   assert_int_equal(int_of(db, "SELECT chanlite_config('expiry')"), 60);
@@ -321,10 +324,10 @@ static void test_bytes_small(void **state) {
 
   send_bytes(db, "c", SQLITE_BLOB, blob, (int)sizeof blob);
   send_bytes(db, "c", SQLITE_TEXT, text, text_n);
-  send_bytes(db, "c", SQLITE_TEXT, "123", 3);      /* stays TEXT, not INTEGER */
-  send_bytes(db, "c", SQLITE_BLOB, "123", 3);      /* stays BLOB */
-  send_bytes(db, "c", SQLITE_TEXT, "", 0);         /* empty TEXT is not NULL */
-  send_bytes(db, "c", SQLITE_BLOB, 0, 0);          /* empty BLOB is not NULL */
+  send_bytes(db, "c", SQLITE_TEXT, "123", 3); /* stays TEXT, not INTEGER */
+  send_bytes(db, "c", SQLITE_BLOB, "123", 3); /* stays BLOB */
+  send_bytes(db, "c", SQLITE_TEXT, "", 0);    /* empty TEXT is not NULL */
+  send_bytes(db, "c", SQLITE_BLOB, 0, 0);     /* empty BLOB is not NULL */
   send_bytes(db, "c", SQLITE_TEXT, " 4.5 ", 5);
 
   recv_is(db, "c", SQLITE_BLOB, blob, (int)sizeof blob);
@@ -351,7 +354,7 @@ static void test_bytes_1mb(void **state) {
   assert_non_null(text);
   for (i = 0; i < n; i++) {
     x = x * 1103515245u + 12345u;
-    blob[i] = (unsigned char)(x >> 16);          /* every byte value, NULs included */
+    blob[i] = (unsigned char)(x >> 16); /* every byte value, NULs included */
     text[i] = (unsigned char)(i % 4099 == 7 ? 0 : 'a' + (x >> 16) % 26);
   }
   db = open_wal(file_in(state, "big.db"));
@@ -429,8 +432,10 @@ static void test_error_codes(void **state) {
   fails_with(db, "SELECT group_add(1, 'c')", SQLITE_MISMATCH, "chanlite: ", 0);
   fails_with(db, "SELECT group_add('g', 2)", SQLITE_MISMATCH, "chanlite: ", 0);
   fails_with(db, "SELECT chanlite_config(1)", SQLITE_MISMATCH, "chanlite: ", 0);
-  fails_with(db, "SELECT chanlite_config('expiry', 'soon')", SQLITE_MISMATCH, "chanlite: ", "expiry");
-  fails_with(db, "SELECT chanlite_config('capacity', -1)", SQLITE_MISMATCH, "chanlite: ", "capacity");
+  fails_with(db, "SELECT chanlite_config('expiry', 'soon')", SQLITE_MISMATCH,
+             "chanlite: ", "expiry");
+  fails_with(db, "SELECT chanlite_config('capacity', -1)", SQLITE_MISMATCH,
+             "chanlite: ", "capacity");
   fails_with(db, "SELECT * FROM channel_recv_batch('c', 'ten')", SQLITE_MISMATCH, "chanlite: ", 0);
 
   /* bad values */
@@ -628,14 +633,14 @@ static void test_expiry_with_clock(void **state) {
   assert_int_equal(int_of(b, "SELECT chanlite_now()"), 5000);
   assert_int_equal(int_of(a, "SELECT chanlite_config('expiry', 10)"), 10);
   assert_int_equal(int_of(b, "SELECT chanlite_config('expiry')"), 10);
-  exec_ok(a, "SELECT channel_send('c', 'first')");   /* expires at 1010 */
+  exec_ok(a, "SELECT channel_send('c', 'first')"); /* expires at 1010 */
   assert_int_equal(int_of(b, "SELECT chanlite_config('expiry', 100)"), 100);
-  exec_ok(a, "SELECT channel_send('c', 'second')");  /* expires at 1100 */
-  exec_ok(a, "SELECT channel_send('c', 'third')");   /* expires at 1100 */
+  exec_ok(a, "SELECT channel_send('c', 'second')"); /* expires at 1100 */
+  exec_ok(a, "SELECT channel_send('c', 'third')");  /* expires at 1100 */
 
   exec_ok(b, "SELECT chanlite_clock(1009.999)");
   text_is(b, "SELECT channel_recv('c')", "first");
-  exec_ok(b, "SELECT chanlite_clock(1100)");         /* now >= sent + expiry */
+  exec_ok(b, "SELECT chanlite_clock(1100)"); /* now >= sent + expiry */
   assert_int_equal(int_of(b, "SELECT count(*) FROM chanlite_channels"), 0);
   assert_true(recv_is_null(b, "c"));
   /* a sees them unexpired at its own clock, but b's receive removed them */
@@ -679,7 +684,7 @@ static void test_batch_partly_read(void **state) {
   s = prepare(db, "SELECT message FROM channel_recv_batch('u', 10)");
   assert_int_equal(sqlite3_step(s), SQLITE_ROW);
   column_is(s, 0, SQLITE_TEXT, "m2", 2);
-  assert_int_equal(sqlite3_reset(s), SQLITE_OK);   /* reset, not finalized */
+  assert_int_equal(sqlite3_reset(s), SQLITE_OK); /* reset, not finalized */
   text_is(db, "SELECT channel_recv('u')", "m3");
   assert_true(recv_is_null(db, "u"));
   assert_int_equal(sqlite3_finalize(s), SQLITE_OK);

@@ -20,16 +20,16 @@
 
 typedef struct Entry {
   const char *name;
-  int table;   /* table-valued: SELECT * FROM name(...) */
+  int table; /* table-valued: SELECT * FROM name(...) */
 } Entry;
 
 static const Entry entries[] = {
-  {"channel_send", 0},      {"channel_recv", 0},       {"group_add", 0},
-  {"group_discard", 0},     {"group_send", 0},         {"channel_flush", 0},
-  {"channel_trim", 0},      {"chanlite_config", 0},    {"chanlite_capacity", 0},
-  {"chanlite_clock", 0},    {"chanlite_now", 0},       {"chanlite_version", 0},
-  {"chanlite_debug", 0},    {"channel_wait", 0},       {"chanlite_bell_path", 0},
-  {"channel_recv_batch", 1}, {"chanlite_channels", 1}, {"chanlite_groups", 1},
+  {"channel_send", 0},        {"channel_recv", 0},      {"group_add", 0},
+  {"group_discard", 0},       {"group_send", 0},        {"channel_flush", 0},
+  {"channel_trim", 0},        {"chanlite_config", 0},   {"chanlite_capacity", 0},
+  {"chanlite_clock", 0},      {"chanlite_now", 0},      {"chanlite_version", 0},
+  {"chanlite_debug", 0},      {"channel_wait", 0},      {"chanlite_bell_path", 0},
+  {"channel_recv_batch", 1},  {"chanlite_channels", 1}, {"chanlite_groups", 1},
   {"chanlite_statements", 1},
 };
 #define N_ENTRIES ((int)(sizeof entries / sizeof entries[0]))
@@ -37,8 +37,8 @@ static const Entry entries[] = {
 /* Names and keys the extension knows, so that calls reach past validation
 ** often: a TEXT argument may be one of these instead of raw bytes. */
 static const char *const words[] = {
-  "chat", "p!", "p!x", "p!y", "q!", "room", "expiry", "group_expiry", "capacity",
-  "p!*", "*", "chat*", "",
+  "chat",         "p!",       "p!x", "p!y", "q!",    "room", "expiry",
+  "group_expiry", "capacity", "p!*", "*",   "chat*", "",
 };
 #define N_WORDS ((int)(sizeof words / sizeof words[0]))
 
@@ -76,9 +76,7 @@ static void bind_arg(sqlite3_stmt *s, int i, Input *in, int is_wait_timeout) {
       n = take_bytes(in, 255, &p);
       sqlite3_bind_blob(s, i, n ? p : (const void *)"", (int)n, SQLITE_TRANSIENT);
       break;
-    case 5:
-      sqlite3_bind_text(s, i, words[take_byte(in) % N_WORDS], -1, SQLITE_STATIC);
-      break;
+    case 5: sqlite3_bind_text(s, i, words[take_byte(in) % N_WORDS], -1, SQLITE_STATIC); break;
     default: {
       /* Large: up to 1 MB (and just past it), TEXT or BLOB, one byte repeated. */
       size_t size = (size_t)take_byte(in) * 4112;
@@ -105,7 +103,8 @@ static void one_call(sqlite3 *db, Input *in) {
   } else {
     len = (size_t)snprintf(sql, sizeof sql, "SELECT %s(", e->name);
   }
-  for (i = 0; i < argc; i++) len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?", i ? "," : "");
+  for (i = 0; i < argc; i++)
+    len += (size_t)snprintf(sql + len, sizeof sql - len, "%s?", i ? "," : "");
   snprintf(sql + len, sizeof sql - len, ")%s", one_row ? " LIMIT 1" : "");
   rc = sqlite3_prepare_v2(db, sql, -1, &s, 0);
   if (rc != SQLITE_OK) {

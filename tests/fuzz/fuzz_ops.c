@@ -41,15 +41,15 @@ static const char *const queue_of[N_SEND] = {"a", "b", "p!", "p!", "q!"};
 static const char *const groups[N_GROUPS] = {"g0", "g1"};
 
 typedef struct Msg {
-  int chan;          /* index into names, < N_SEND */
-  int no;            /* payload number */
-  int blob;          /* sent as BLOB (with a NUL inside), else TEXT */
+  int chan; /* index into names, < N_SEND */
+  int no;   /* payload number */
+  int blob; /* sent as BLOB (with a NUL inside), else TEXT */
   double expires_at;
   int queued;
 } Msg;
 
 typedef struct Model {
-  Msg msgs[MAX_MSGS];  /* in send order, which is FIFO order */
+  Msg msgs[MAX_MSGS]; /* in send order, which is FIFO order */
   int n;
   int member[N_GROUPS][N_SEND];
   int capacity;
@@ -71,7 +71,9 @@ static int matches(int r, int c) {
   return strcmp(queue_of[c], names[r]) == 0;
 }
 
-static int live(const Msg *m) { return m->queued && m->expires_at > now; }
+static int live(const Msg *m) {
+  return m->queued && m->expires_at > now;
+}
 
 static int unexpired_in_queue(int c) {
   int i, count = 0;
@@ -210,7 +212,8 @@ static void op_batch(sqlite3 *db, uint8_t arg) {
   if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail("recv_batch failed:", sqlite3_errmsg(db));
   sqlite3_finalize(s);
   /* Fewer rows than max only when none is left (all are small here). */
-  if (!read_one && got < max && expected_head(r) >= 0) fail("recv_batch left messages in", names[r]);
+  if (!read_one && got < max && expected_head(r) >= 0)
+    fail("recv_batch left messages in", names[r]);
 }
 
 static void op_group(sqlite3 *db, uint8_t kind, uint8_t arg) {
@@ -354,7 +357,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   while (in.n > 0 && ops++ < MAX_OPS) {
     uint8_t op = take_byte(&in), arg = take_byte(&in);
     switch (op % 15) {
-      case 0: case 1: op_send(db, arg); break;
+      case 0:
+      case 1: op_send(db, arg); break;
       case 2: op_recv(db, arg); break;
       case 3: op_batch(db, arg); break;
       case 4: op_group(db, 0, arg); break;

@@ -20,7 +20,10 @@
 
 static int authorize(void *arg, int action, const char *a, const char *b, const char *c,
                      const char *d) {
-  (void)arg; (void)b; (void)c; (void)d;
+  (void)arg;
+  (void)b;
+  (void)c;
+  (void)d;
   if (action == SQLITE_ATTACH) return SQLITE_DENY;
   if (action == SQLITE_FUNCTION && a && sqlite3_stricmp(a, "channel_wait") == 0) {
     return SQLITE_DENY;

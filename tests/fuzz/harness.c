@@ -58,8 +58,8 @@ void check_error(sqlite3 *db, int rc, const char *sql) {
   if (starts(msg, "chanlite: ")) return;
   if ((rc & 0xff) == SQLITE_NOMEM || (rc & 0xff) == SQLITE_TOOBIG) return;
   /* SQLite's own checks of a table-valued function's arguments. */
-  if (strstr(msg, "arguments on channel_recv_batch") ||
-      strstr(msg, "arguments on chanlite_") || strstr(msg, "no query solution")) {
+  if (strstr(msg, "arguments on channel_recv_batch") || strstr(msg, "arguments on chanlite_") ||
+      strstr(msg, "no query solution")) {
     return;
   }
   snprintf(detail, sizeof detail, "rc %d: %s (in %.300s)", rc, msg, sql);
@@ -78,8 +78,7 @@ static sqlite3_int64 one_int(sqlite3 *db, const char *sql) {
 void check_consistent_integrity(sqlite3 *db) {
   sqlite3_stmt *s = 0;
   if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &s, 0) != SQLITE_OK ||
-      sqlite3_step(s) != SQLITE_ROW ||
-      strcmp((const char *)sqlite3_column_text(s, 0), "ok") != 0) {
+      sqlite3_step(s) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(s, 0), "ok") != 0) {
     die("integrity_check", s ? (const char *)sqlite3_column_text(s, 0) : sqlite3_errmsg(db));
   }
   sqlite3_finalize(s);
@@ -90,10 +89,10 @@ void check_consistent(sqlite3 *db) {
       one_int(db, "SELECT count(*) FROM ("
                   " SELECT queue, count(*) FROM chanlite_message GROUP BY queue"
                   " EXCEPT SELECT queue, depth FROM chanlite_queue)") +
-              one_int(db, "SELECT count(*) FROM ("
-                          " SELECT queue, depth FROM chanlite_queue WHERE depth <> 0"
-                          " EXCEPT SELECT queue, count(*) FROM chanlite_message GROUP BY queue)") !=
-          0) {
+          one_int(db, "SELECT count(*) FROM ("
+                      " SELECT queue, depth FROM chanlite_queue WHERE depth <> 0"
+                      " EXCEPT SELECT queue, count(*) FROM chanlite_message GROUP BY queue)") !=
+        0) {
     die("chanlite_queue depths do not match the messages", 0);
   }
   check_consistent_integrity(db);

@@ -23,7 +23,7 @@ size_t take_bytes(Input *in, size_t max, const uint8_t **out);
 
 /* A fresh :memory: database with chanlite loaded (aborts if it cannot). */
 sqlite3 *fuzz_open(void);
-sqlite3 *fuzz_open_file(const char *path);  /* the same, on a file */
+sqlite3 *fuzz_open_file(const char *path); /* the same, on a file */
 void fuzz_close(sqlite3 *db);
 
 /* The invariants, aborting (so libFuzzer reports a crash) when broken:
@@ -32,6 +32,6 @@ void fuzz_close(sqlite3 *db);
 ** depth counters match the rows; integrity_check is ok. */
 void check_error(sqlite3 *db, int rc, const char *sql);
 void check_consistent(sqlite3 *db);
-void check_consistent_integrity(sqlite3 *db);  /* integrity_check only */
+void check_consistent_integrity(sqlite3 *db); /* integrity_check only */
 
 #endif

@@ -64,6 +64,10 @@ async def test_chat_across_two_server_processes(demo_servers: list[int]) -> None
     first, second = demo_servers
     alice = await _WebSocket.connect(first, "/ws/chat/lobby/")
     bob = await _WebSocket.connect(second, "/ws/chat/lobby/")
+    # Each consumer first says which server process holds its WebSocket.
+    pid_a, pid_b = [await asyncio.wait_for(ws.receive_json(), 10) for ws in (alice, bob)]
+    assert isinstance(pid_a, dict) and isinstance(pid_b, dict)
+    assert pid_a["pid"] != pid_b["pid"]
     # The consumer joins its group before it accepts: both are members now.
     await alice.send_json({"message": "hello from 1"})
     assert await asyncio.wait_for(bob.receive_json(), 10) == {"message": "hello from 1"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -529,3 +530,27 @@ async def test_symmetric_encryption(db_path: str, sql: sqlite3.Connection) -> No
         await wrong.receive("enc")
     for instance in (sender, receiver, wrong):
         await instance.close()
+
+
+async def test_close_replacing_thread_state_mid_call_is_harmless(db_path: str) -> None:
+    """close() replaces the layer's per-thread state while a pool thread may
+    be inside _connection(): a call that found its connection in the old
+    state must finish on it (it failed with AttributeError on
+    'clock_generation', about once in nine closes)."""
+    layer = SQLiteChannelLayer(path=db_path)
+    await layer.send("race", {"type": "warm"})
+    layer._connection()  # this thread's connection, now in _tls
+    configure = layer._configure
+
+    def close_meanwhile(conn: sqlite3.Connection) -> None:
+        layer._tls = threading.local()  # what close() does, at the worst moment
+        configure(conn)
+
+    layer._configure = close_meanwhile  # type: ignore[method-assign]
+    try:
+        conn = layer._connection()  # found in the old state, which close() replaces
+    finally:
+        layer._configure = configure  # type: ignore[method-assign]
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert (await layer.receive("race"))["type"] == "warm"
+    await layer.close()

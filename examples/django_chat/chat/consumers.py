@@ -1,6 +1,9 @@
-"""The Channels tutorial's chat consumer: JSON {"message": text} both ways."""
+"""The Channels tutorial's chat consumer: JSON {"message": text} both ways.
+On connect it first sends {"pid": <server process id>}, so the page (and the
+tests) can tell which server process holds its WebSocket."""
 
 import json
+import os
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -12,6 +15,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.room_group_name = f"chat_{self.room_name}"
         await self.channel_layer.group_add(self.room_group_name, self.channel_name)
         await self.accept()
+        await self.send(text_data=json.dumps({"pid": os.getpid()}))
 
     async def disconnect(self, close_code: int) -> None:
         await self.channel_layer.group_discard(self.room_group_name, self.channel_name)
