@@ -206,7 +206,11 @@ class _Pool:
 
 # ---- per-process state; started afresh in a forked child ----
 
-_state_lock = threading.Lock()
+# Re-entrant: a pool's finalizer (a layer collected by the garbage collector)
+# takes it, and the collector can run wherever this thread allocates, such as
+# inside _pool() while it holds the lock (inserting into _pools): a plain Lock
+# deadlocked there.
+_state_lock = threading.RLock()
 _pid = os.getpid()
 _pools: weakref.WeakKeyDictionary[SQLiteChannelLayer, _Pool] = weakref.WeakKeyDictionary()
 #: Every connection the pools of this process have open, so that after a fork
@@ -238,7 +242,7 @@ def _after_fork() -> None:
     for pool in _pools.values():
         pool.idle = []  # the parent's: its finalizer must not close them here
     # Another thread of the parent may have held this lock when it forked.
-    _state_lock = threading.Lock()
+    _state_lock = threading.RLock()
     _opened = set()
     _pools = weakref.WeakKeyDictionary()
     _pid = os.getpid()

@@ -422,3 +422,25 @@ def test_no_connection_crosses_fork(tmp_path: Path) -> None:
     check = chanlite.connect(str(tmp_path / "x.sqlite3"))
     assert check.execute("SELECT depth FROM chanlite_channels").fetchone() == (3,)
     check.close()
+
+
+async def test_pool_finalizer_runs_while_the_state_lock_is_held(db_path: str) -> None:
+    """A layer's pool is closed by a finalizer when the garbage collector
+    takes the layer, which can happen inside chanlite.sync while this thread
+    holds its state lock (a collection runs wherever the thread allocates):
+    closing must not wait for that lock (it deadlocked the flake hunt)."""
+    layer = SQLiteChannelLayer(path=db_path)
+    await asyncio.to_thread(lambda: chanlite.sync.send("fin", {"type": "m"}, layer=layer))
+    pool = chanlite.sync._pools[layer]
+    assert pool.idle, "the send left a connection idle in the pool"
+    done = threading.Event()
+
+    def finalize_under_the_lock() -> None:
+        with chanlite.sync._state_lock:
+            pool.close_idle()  # what the finalizer runs
+        done.set()
+
+    threading.Thread(target=finalize_under_the_lock, daemon=True).start()
+    assert await asyncio.to_thread(done.wait, 10), "close_idle() deadlocked on the state lock"
+    assert not pool.idle
+    await layer.close()
