@@ -25,6 +25,7 @@ from django.conf import settings
 
 import chanlite
 from chanlite.layer import SQLiteChannelLayer
+from helpers import free_ports
 
 DJANGO_DIR = Path(tempfile.mkdtemp(prefix="chanlite-django-"))
 
@@ -93,23 +94,11 @@ def depth() -> Callable[[sqlite3.Connection, str], int]:
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports (all held open while choosing, so none repeats)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture
 def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
     """The ports of two running demo servers; both are stopped at teardown.
     Each server's output goes to daphne-<port>.log in tmp_path."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     env = {
         **os.environ,
         "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),

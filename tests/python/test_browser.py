@@ -9,7 +9,6 @@ to run tests/run-all.sh, which installs both."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,44 +16,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from helpers import chromium
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = os.environ.get("CHANLITE_CHROMIUM", "/usr/bin/chromium")
-INSTALL_HINT = (
-    "run the README's test command, tests/run-all.sh, which installs Debian's chromium "
-    "and the Python test dependencies (tests/requirements.txt)"
-)
 # Every wait is bounded by this (milliseconds).
 TIMEOUT_MS = 15_000
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"no chromium at {CHROMIUM}: {INSTALL_HINT}", pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        pytest.fail(f"playwright is not installed ({e}): {INSTALL_HINT}", pytrace=False)
-    # A non-persistent launch: playwright gives chromium a fresh temporary
-    # --user-data-dir and removes it on close.
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def _open_room(browser: Browser, port: int, errors: list[str]) -> Page:

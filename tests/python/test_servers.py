@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,42 +31,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from helpers import chromium, free_ports
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
-CHROMIUM = os.environ.get("CHANLITE_CHROMIUM", "/usr/bin/chromium")
-INSTALL_HINT = (
-    "run the README's test command, tests/run-all.sh, which installs Debian's chromium "
-    "and the Python test dependencies (tests/requirements.txt)"
-)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Every wait in the browser is bounded by this (milliseconds).
 TIMEOUT_MS = 15_000
 START_TIMEOUT = 45.0
 # Pages opened, at most, looking for two different server processes.
 MAX_PAGES = 30
 MESSAGES = 6
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _daphne(ports: list[int]) -> list[list[str]]:
@@ -163,7 +138,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     name: str = request.param
     nports, commands = SERVERS[name]
-    ports = _free_ports(nports)
+    ports = free_ports(nports)
     served = Served(name, [f"http://127.0.0.1:{p}" for p in ports])
     env = {
         **os.environ,
@@ -199,18 +174,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"no chromium at {CHROMIUM}: {INSTALL_HINT}", pytrace=False)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as e:
-        pytest.fail(f"playwright is not installed ({e}): {INSTALL_HINT}", pytrace=False)
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def _open(browser: Browser, url: str, room: str, errors: list[str]) -> tuple[Page, int]:
