@@ -222,6 +222,30 @@ def _lock_pause(attempt: int) -> float:
     return random.uniform(top / 2, top)
 
 
+def _pause_or_give_up(
+    what: str, error: sqlite3.Error, attempt: int, started: float, layer: SQLiteChannelLayer
+) -> float:
+    """After attempt number `attempt` at a call found the database locked:
+    the pause before the next (logged), or DatabaseLocked once lock_timeout
+    would be passed. Shared by the async calls and chanlite.sync."""
+    elapsed = time.monotonic() - started
+    pause = _lock_pause(attempt)
+    if elapsed + pause > layer.lock_timeout:
+        logger.error(
+            "chanlite: %s gave up: database locked for %.1f s (%d attempts)",
+            what,
+            elapsed,
+            attempt,
+        )
+        raise DatabaseLocked(
+            f"chanlite: database is locked: {what} gave up after {attempt} attempts in "
+            f"{elapsed:.1f} s (lock_timeout {layer.lock_timeout} s, busy_timeout "
+            f"{layer.busy_timeout} s); nothing was done, so it may be retried"
+        ) from error
+    _log_locked(what, attempt, pause, layer.busy_timeout)
+    return pause
+
+
 def _log_locked(what: str, attempt: int, pause: float, busy_timeout: float) -> None:
     logger.warning(
         "chanlite: %s: database locked past the busy timeout (%s s); retry %d in %.0f ms",
@@ -1082,22 +1106,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                 if not _is_locked(e):
                     raise
                 attempt += 1
-                elapsed = time.monotonic() - started
-                pause = _lock_pause(attempt)
-                if elapsed + pause > self.lock_timeout:
-                    logger.error(
-                        "chanlite: %s gave up: database locked for %.1f s (%d attempts)",
-                        what or fn.__name__,
-                        elapsed,
-                        attempt,
-                    )
-                    raise DatabaseLocked(
-                        f"chanlite: database is locked: {what or fn.__name__} gave up after "
-                        f"{attempt} attempts in {elapsed:.1f} s (lock_timeout "
-                        f"{self.lock_timeout} s, busy_timeout {self.busy_timeout} s); "
-                        "nothing was done, so it may be retried"
-                    ) from e
-                _log_locked(what or fn.__name__, attempt, pause, self.busy_timeout)
+                pause = _pause_or_give_up(what or fn.__name__, e, attempt, started, self)
                 await asyncio.sleep(pause)
                 continue
             if attempt:

@@ -383,22 +383,7 @@ def _call(layer: SQLiteChannelLayer, what: str, sql: str, *params: Any) -> Any:
             if not _layer._is_locked(e):
                 raise
             attempt += 1
-            elapsed = time.monotonic() - started
-            pause = _layer._lock_pause(attempt)
-            if elapsed + pause > layer.lock_timeout:
-                logger.error(
-                    "chanlite: %s gave up: database locked for %.1f s (%d attempts)",
-                    what,
-                    elapsed,
-                    attempt,
-                )
-                raise _layer.DatabaseLocked(
-                    f"chanlite: database is locked: {what} gave up after {attempt} attempts "
-                    f"in {elapsed:.1f} s (lock_timeout {layer.lock_timeout} s, busy_timeout "
-                    f"{layer.busy_timeout} s); nothing was done, so it may be retried"
-                ) from e
-            _layer._log_locked(what, attempt, pause, layer.busy_timeout)
-            time.sleep(pause)
+            time.sleep(_layer._pause_or_give_up(what, e, attempt, started, layer))
             continue
         if attempt:
             logger.info("chanlite: %s succeeded after %d retries", what, attempt)
