@@ -1513,9 +1513,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
             self._tls = threading.local()
             self._loop_conns = {}
             self._epoch += 1  # a loop connection being opened is stale
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        self._close_connections(connections)  # the gate is shut already: no wait
         for close in BEFORE_FORK_CLOSE:
             close(self)
 

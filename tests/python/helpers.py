@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = os.environ.get("CHANLITE_CHROMIUM", "/usr/bin/chromium")
 INSTALL_HINT = (
@@ -31,6 +31,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Every wait in a page is bounded by this (milliseconds).
+TIMEOUT_MS = 15_000
 
 
 def free_ports(n: int) -> list[int]:
@@ -62,3 +64,15 @@ def chromium() -> Iterator[Browser]:
             yield instance
         finally:
             instance.close()
+
+
+def open_page(browser: Browser, url: str, ready: str, errors: list[str]) -> Page:
+    """A new page at url, in a context of its own, once the selector ready
+    is attached; its script errors and console errors go to errors."""
+    page = browser.new_context().new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("pageerror", lambda e: errors.append(f"{url}: {e}"))
+    page.on("console", lambda m: errors.append(f"{url}: {m.text}") if m.type == "error" else None)
+    page.goto(url)
+    page.wait_for_selector(ready, state="attached")
+    return page

@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import chromium
+from helpers import TIMEOUT_MS, chromium, open_page
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
-
-# Every wait is bounded by this (milliseconds).
-TIMEOUT_MS = 15_000
 
 
 @pytest.fixture
@@ -32,15 +29,11 @@ def browser() -> Iterator[Browser]:
 
 
 def _open_room(browser: Browser, port: int, errors: list[str]) -> Page:
-    page = browser.new_context().new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.on("pageerror", lambda e: errors.append(f"{port}: {e}"))
-    page.on("console", lambda m: errors.append(f"{port}: {m.text}") if m.type == "error" else None)
-    page.goto(f"http://127.0.0.1:{port}/chat/lobby/")
     # room.html marks the body once its WebSocket is open; the consumer joins
     # the room's group before it accepts, so the page is in the room now.
-    page.wait_for_selector("body[data-connected='yes']", state="attached")
-    return page
+    return open_page(
+        browser, f"http://127.0.0.1:{port}/chat/lobby/", "body[data-connected='yes']", errors
+    )
 
 
 def test_message_typed_on_one_server_shows_on_the_other(

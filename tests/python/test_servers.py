@@ -31,14 +31,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from helpers import chromium, free_ports
+from helpers import TIMEOUT_MS, chromium, free_ports, open_page
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
-# Every wait in the browser is bounded by this (milliseconds).
-TIMEOUT_MS = 15_000
 START_TIMEOUT = 45.0
 # Pages opened, at most, looking for two different server processes.
 MAX_PAGES = 30
@@ -181,13 +179,8 @@ def browser() -> Iterator[Browser]:
 def _open(browser: Browser, url: str, room: str, errors: list[str]) -> tuple[Page, int]:
     """A room page whose WebSocket is open and joined, and the pid of the
     server process holding that WebSocket."""
-    page = browser.new_context().new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.on("pageerror", lambda e: errors.append(f"{url}: {e}"))
-    page.on("console", lambda m: errors.append(f"{url}: {m.text}") if m.type == "error" else None)
-    page.goto(f"{url}/chat/{room}/")
     # The consumer joins the room's group, accepts, then sends its pid.
-    page.wait_for_selector("body[data-pid]", state="attached")
+    page = open_page(browser, f"{url}/chat/{room}/", "body[data-pid]", errors)
     pid = page.evaluate("document.body.dataset.pid")
     return page, int(pid)
 
