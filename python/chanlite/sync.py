@@ -69,7 +69,7 @@ from typing import Any
 from channels import DEFAULT_CHANNEL_LAYER
 
 import chanlite
-from chanlite import layer as _layer
+from chanlite import local as _local
 from chanlite.layer import SQLiteChannelLayer
 
 __all__ = [
@@ -136,7 +136,7 @@ class _Pool:
         with self.lock:
             while self.idle:
                 candidate = self.idle.pop()  # the most recently used: its cache is warm
-                if candidate.epoch == layer._epoch:
+                if candidate.epoch == layer.transport._epoch:
                     pooled = candidate
                     break
                 stale.append(candidate)
@@ -145,10 +145,10 @@ class _Pool:
         try:
             if pooled is None:
                 pooled = self._open(layer)
-            layer._configure(pooled.conn)  # again after layer.close(), or a locked first try
-            if pooled.clock_generation != layer._clock_generation:
-                pooled.conn.execute("SELECT chanlite_clock(?)", (layer._clock,))
-                pooled.clock_generation = layer._clock_generation
+            layer.transport._configure(pooled.conn)  # again after close(), or a locked first try
+            if pooled.clock_generation != layer.transport._clock_generation:
+                pooled.conn.execute("SELECT chanlite_clock(?)", (layer.transport._clock,))
+                pooled.clock_generation = layer.transport._clock_generation
         except BaseException:
             self.checkin(layer, pooled, reuse=False)
             raise
@@ -162,7 +162,7 @@ class _Pool:
             self.in_use -= 1
             if pooled is None:
                 return
-            if reuse and pooled.epoch == layer._epoch and len(self.idle) < self.max_idle:
+            if reuse and pooled.epoch == layer.transport._epoch and len(self.idle) < self.max_idle:
                 self.idle.append(pooled)
                 return
         self._close([pooled])
@@ -177,8 +177,8 @@ class _Pool:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={int(layer.busy_timeout * 1000)}")
-            layer._use_wal(conn)
-            _layer._tune(conn)
+            layer.transport._use_wal(conn)
+            _local._tune(conn)
         except BaseException:
             conn.close()
             raise
@@ -186,7 +186,7 @@ class _Pool:
             _opened.add(conn)
         with self.lock:
             self.opened += 1
-        return _Pooled(conn, layer._epoch)
+        return _Pooled(conn, layer.transport._epoch)
 
     def _close(self, pooled: list[_Pooled]) -> None:
         for p in pooled:
@@ -256,7 +256,7 @@ def _close_for_fork(layer: SQLiteChannelLayer) -> None:
         pool.close_idle()
 
 
-_layer.BEFORE_FORK_CLOSE.append(_close_for_fork)
+_local.BEFORE_FORK_CLOSE.append(_close_for_fork)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
@@ -338,15 +338,15 @@ def _connection(layer: SQLiteChannelLayer, pool: _Pool) -> Iterator[sqlite3.Conn
 
 
 def _once(layer: SQLiteChannelLayer, sql: str, params: tuple[Any, ...]) -> Any:
-    memory = layer._memory
+    memory = layer.transport._memory
     if memory is not None:
         # Test mode: the in-memory database has one connection, used only by
         # its own thread.
-        return memory.executor.submit(layer._sql, sql, *params).result()
+        return memory.executor.submit(layer.transport._sql, sql, *params).result()
     pool = _pool(layer)
     # Inside the layer's fork gate, as its own calls: a fork() waits for the
     # call to end, then closes the pool's connections (_close_for_fork).
-    gate = layer._gate
+    gate = layer.transport._gate
     gate.enter()
     try:
         return _once_on(layer, pool, sql, params)
@@ -365,7 +365,7 @@ def _once_on(layer: SQLiteChannelLayer, pool: _Pool, sql: str, params: tuple[Any
         # ahead and waits for SQLite's lock (other processes hold it too).
         turn = pool.turn.acquire(timeout=layer.busy_timeout)
         try:
-            return layer._sql_on(conn, sql, *params)
+            return layer.transport._sql_on(conn, sql, *params)
         finally:
             if turn:
                 pool.turn.release()
@@ -380,10 +380,10 @@ def _call(layer: SQLiteChannelLayer, what: str, sql: str, *params: Any) -> Any:
         try:
             result = _once(layer, sql, params)
         except sqlite3.OperationalError as e:
-            if not _layer._is_locked(e):
+            if not _local._is_locked(e):
                 raise
             attempt += 1
-            time.sleep(_layer._pause_or_give_up(what, e, attempt, started, layer))
+            time.sleep(_local._pause_or_give_up(what, e, attempt, started, layer))
             continue
         if attempt:
             logger.info("chanlite: %s succeeded after %d retries", what, attempt)
@@ -399,7 +399,7 @@ def send(channel: str, message: dict[str, Any], *, layer: LayerRef = DEFAULT_CHA
     instance.require_valid_channel_name(channel)
     data = instance.serialize(message)
     sent: int = _call(instance, f"send to {channel!r}", "SELECT channel_send(?, ?)", channel, data)
-    instance._sent(instance.non_local_name(channel))
+    instance.transport.sent(instance.non_local_name(channel))
     return sent
 
 
@@ -417,7 +417,7 @@ def group_send(
         instance, f"group_send to {group!r}", "SELECT group_send(?, ?)", group, data
     )
     if delivered:
-        instance._sent(None)
+        instance.transport.sent(None)
     return delivered
 
 
