@@ -18,7 +18,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from chanlite import _inotify
-from chanlite.layer import SQLiteChannelLayer, _Queue
+from chanlite.layer import SQLiteChannelLayer
+from chanlite.receiver import _Queue
 
 LINUX = sys.platform.startswith("linux")
 needs_inotify = pytest.mark.skipif(not LINUX, reason="inotify is Linux only")
