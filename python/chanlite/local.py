@@ -50,7 +50,7 @@ from chanlite.transport import Host, Row
 if TYPE_CHECKING:
     from chanlite.layer import SQLiteChannelLayer
 
-__all__ = ["BEFORE_FORK_CLOSE", "DatabaseLocked", "LocalTransport"]
+__all__ = ["BEFORE_FORK_CLOSE", "DatabaseLocked", "LocalTransport", "is_locked", "pause_or_give_up"]
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ LOCK_PAUSE_MIN = 0.05
 LOCK_PAUSE_MAX = 1.0
 
 
-def _is_locked(error: sqlite3.Error) -> bool:
+def is_locked(error: sqlite3.Error) -> bool:
     """SQLITE_BUSY (the write lock, past the busy timeout) or SQLITE_LOCKED
     (a table of a shared-cache database), any extended code."""
     code = getattr(error, "sqlite_errorcode", None)
@@ -84,7 +84,7 @@ def _lock_pause(attempt: int) -> float:
     return random.uniform(top / 2, top)
 
 
-def _pause_or_give_up(
+def pause_or_give_up(
     what: str, error: sqlite3.Error, attempt: int, started: float, layer: SQLiteChannelLayer
 ) -> float:
     """After attempt number `attempt` at a call found the database locked:
@@ -371,20 +371,7 @@ class LocalTransport:
         tls = self._tls
         conn: sqlite3.Connection | None = getattr(tls, "conn", None)
         if conn is None:
-            busy_timeout = self._layer.busy_timeout
-            conn = chanlite.connect(
-                self._layer.database_path(),
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            try:
-                conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-                self._use_wal(conn)
-                _tune(conn)
-            except BaseException:
-                conn.close()
-                raise
+            conn = self.open_connection()
             tls.conn = conn
             tls.clock_generation = -1
             with self._layer.lock:
@@ -393,6 +380,26 @@ class LocalTransport:
         if tls.clock_generation != self._clock_generation:
             tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+        return conn
+
+    def open_connection(self) -> sqlite3.Connection:
+        """A new connection to the database file, set up as the pool's: WAL,
+        synchronous=NORMAL, the layer's busy timeout. Usable from any thread
+        (one at a time); the caller closes it."""
+        busy_timeout = self._layer.busy_timeout
+        conn = chanlite.connect(
+            self._layer.database_path(),
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._use_wal(conn)
+            _tune(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _memory_connection(self, memory: _MemoryDatabase) -> sqlite3.Connection:
@@ -469,10 +476,10 @@ class LocalTransport:
             try:
                 result = await self._submit(fn, *args)
             except sqlite3.OperationalError as e:
-                if not _is_locked(e):
+                if not is_locked(e):
                     raise
                 attempt += 1
-                pause = _pause_or_give_up(what or fn.__name__, e, attempt, started, self._layer)
+                pause = pause_or_give_up(what or fn.__name__, e, attempt, started, self._layer)
                 await asyncio.sleep(pause)
                 continue
             if attempt:
@@ -481,9 +488,11 @@ class LocalTransport:
 
     def _sql(self, sql: str, *params: Any) -> Any:
         """One chanlite call in this thread; its single value."""
-        return self._sql_on(self._connection(), sql, *params)
+        return self.call_on(self._connection(), sql, *params)
 
-    def _sql_on(self, conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
+    def call_on(self, conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
+        """One chanlite call on conn; its single value, with the errors the
+        layer raises (ChannelFull, TypeError for a bad name)."""
         try:
             return conn.execute(sql, params).fetchone()[0]
         except sqlite3.Error as e:
@@ -538,7 +547,7 @@ class LocalTransport:
                 return _ON_POOL
             return fn(loop_conn.conn, *args)
         except sqlite3.OperationalError as e:
-            if not _is_locked(e):
+            if not is_locked(e):
                 raise
             self.loop_fallbacks += 1
             return _ON_POOL
@@ -602,7 +611,7 @@ class LocalTransport:
     # ---- the layer's calls ----
 
     async def send(self, channel: str, data: bytes) -> None:
-        sent = self._try_on_loop(self._sql_on, "SELECT channel_send(?, ?)", channel, data)
+        sent = self._try_on_loop(self.call_on, "SELECT channel_send(?, ?)", channel, data)
         if sent is _ON_POOL:
             await self._call(
                 self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
@@ -653,7 +662,7 @@ class LocalTransport:
     def pause_before_retry(self, error: Exception, attempt: int, what: str) -> float | None:
         """A database locked past the busy timeout is retried, with the
         jittered backoff of the other calls; anything else is final."""
-        if not (isinstance(error, sqlite3.OperationalError) and _is_locked(error)):
+        if not (isinstance(error, sqlite3.OperationalError) and is_locked(error)):
             return None
         pause = _lock_pause(attempt)
         _log_locked(what, attempt, pause, self._layer.busy_timeout)
@@ -817,6 +826,44 @@ class LocalTransport:
                     conn.close()
         finally:
             gate.open()
+
+    # ---- for chanlite.sync: calls on connections it pools itself ----
+
+    @property
+    def in_memory(self) -> bool:
+        """Test mode: the in-memory database, whose one connection only its
+        own thread uses (call_in_memory); no connection of the caller's."""
+        return self._memory is not None
+
+    def call_in_memory(self, sql: str, *params: Any) -> Any:
+        """(Test mode) One chanlite call on the in-memory database, in its
+        thread, waited for."""
+        assert self._memory is not None
+        return self._memory.executor.submit(self._sql, sql, *params).result()
+
+    @property
+    def gate(self) -> ForkGate:
+        """Enter it around every call on a connection to the database (and
+        leave it after), as the layer's own calls do: a fork() waits for the
+        calls inside, then BEFORE_FORK_CLOSE closes the caller's idle
+        connections. Read it for each call: a fork replaces it."""
+        return self._gate
+
+    @property
+    def epoch(self) -> int:
+        """Counts the layer's close() calls (and forks): a connection set up
+        in an older epoch is closed rather than used again."""
+        return self._epoch
+
+    def prepare(self, conn: sqlite3.Connection, clock_generation: int) -> int:
+        """Make conn (from open_connection()) ready for a call: the layer's
+        settings stored (once per epoch), and its clock pinned unless
+        clock_generation (-1 at first) is current. Returns the generation
+        to pass next time."""
+        self._configure(conn)  # again after close(), or a locked first try
+        if clock_generation != self._clock_generation:
+            conn.execute("SELECT chanlite_clock(?)", (self._clock,))
+        return self._clock_generation
 
     # ---- fork() ----
 

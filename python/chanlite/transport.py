@@ -71,6 +71,12 @@ shared socket or inotify descriptor would steal each other's replies and
 notices). A fork that Python did not see is noticed by the layer
 (:meth:`Host.check_process`), which a transport calls before each call.
 
+Synchronous callers. :mod:`chanlite.sync` makes the layer's calls from code
+with no event loop, on connections it pools, through the local transport's
+own small API (``open_connection``, ``prepare``, ``call_on``, ``gate``,
+``epoch``); it refuses a layer on another transport with a TypeError naming
+``async_to_sync`` instead. Nothing here asks a transport to support it.
+
 Threads. One layer serves every event loop of its process (``async_to_sync``
 runs each call in a loop of its own, on some thread): a transport's methods
 may be called from several loops, in several threads, at once.
