@@ -62,6 +62,9 @@ class DatabaseLocked(sqlite3.OperationalError):
     write lock past the busy timeout) for longer than the layer's
     lock_timeout. The call did nothing, so retrying it cannot duplicate."""
 
+    # Its documented home, re-exported there: tracebacks and pickles name it so.
+    __module__ = "chanlite.layer"
+
 
 #: Backoff between attempts on a locked database: doubling from LOCK_PAUSE_MIN
 #: to LOCK_PAUSE_MAX, each pause drawn from its upper half, so that processes
