@@ -114,8 +114,9 @@ class Host(Protocol):
     @property
     def receive_lock(self) -> threading.Lock:
         """Guards the receivers' state and the transport's waking state
-        (Watch methods run with it held). Never held across an await, a
-        blocking call or SQL."""
+        (Watch methods run with it held); a transport may guard its other
+        state with it too. Never held across an await, a blocking call or
+        SQL."""
         ...
 
     def kick_locked(self, queue: str | None) -> None:
