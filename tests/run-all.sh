@@ -68,6 +68,10 @@ if [ -d tests/python ]; then
   tests/channels_suite.sh
 fi
 
+# Node, Go and Rust: their packages, examples, and a test across them and Django.
+echo "== other languages (tests/languages.sh)"
+tests/languages.sh
+
 # One closing line over every meson run (pytest prints its own above).
 python3 - <<'PY'
 import json, pathlib

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"sync"
 	"time"
 
 	chanlite "github.com/chanlite/chanlite/bindings/go"
@@ -38,7 +39,8 @@ func open(path string) *sql.DB {
 // receive returns the next message of channel, waiting for it without
 // polling: channel_wait blocks until a send commits (it watches the bell
 // file), so it needs a connection of its own, outside any transaction.
-func receive(ctx context.Context, conn *sql.Conn, channel string, timeout time.Duration) (string, error) {
+// waiting, if not nil, is called each time it finds the channel empty.
+func receive(ctx context.Context, conn *sql.Conn, channel string, timeout time.Duration, waiting func()) (string, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		var message sql.NullString
@@ -51,6 +53,9 @@ func receive(ctx context.Context, conn *sql.Conn, channel string, timeout time.D
 		left := time.Until(deadline)
 		if left <= 0 {
 			return "", fmt.Errorf("no message in %s after %s", channel, timeout)
+		}
+		if waiting != nil {
+			waiting()
 		}
 		var rang int
 		if err := conn.QueryRowContext(ctx, "SELECT channel_wait(?, ?)", channel, left.Seconds()).Scan(&rang); err != nil {
@@ -169,7 +174,7 @@ func tour() {
 		time.Sleep(100 * time.Millisecond)
 		scalar[int64](db, "SELECT channel_send('inbox', 'wake up')")
 	}()
-	message, err := receive(ctx, conn, "inbox", 10*time.Second)
+	message, err := receive(ctx, conn, "inbox", 10*time.Second, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -197,8 +202,12 @@ func main() {
 			log.Fatal(err)
 		}
 		defer conn.Close()
+		// Said on stderr the first time the channel is empty, so that a test
+		// can start its sender once this process waits.
+		var once sync.Once
+		waiting := func() { once.Do(func() { fmt.Fprintln(os.Stderr, "waiting in", args[2]) }) }
 		for i := 0; i < count; i++ {
-			message, err := receive(ctx, conn, args[2], 60*time.Second)
+			message, err := receive(ctx, conn, args[2], 60*time.Second, waiting)
 			if err != nil {
 				log.Fatal(err)
 			}
