@@ -48,7 +48,8 @@ async function tour() {
   const dir = mkdtempSync(join(tmpdir(), 'chanlite-node-'));
   const db = open(join(dir, 'app.db'));
   try {
-    console.log('chanlite', value(db, 'SELECT chanlite_version()'), 'on SQLite', value(db, 'SELECT sqlite_version()'));
+    console.log('chanlite', value(db, 'SELECT chanlite_version()'), 'on SQLite', value(db, 'SELECT sqlite_version()'),
+      'from', chanlite.getLoadablePath());
 
     for (const text of ['first', 'second', 'third']) value(db, 'SELECT channel_send(?, ?)', 'jobs', text);
     const got = [1, 2, 3].map(() => value(db, "SELECT channel_recv('jobs')"));

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -31,6 +32,8 @@ NODE_EXAMPLE = ROOT / "examples" / "node" / "example.mjs"
 GO_EXAMPLE = ROOT / "build" / "languages" / "chanlite-example-go"
 RUST_EXAMPLE = ROOT / "build" / "cargo" / "debug" / "chanlite-example"
 TIMEOUT = 30
+# Node loads the prebuilt file its package carries; Go and Rust, CHANLITE_EXTENSION's.
+NODE_ENV = {k: v for k, v in os.environ.items() if k != "CHANLITE_EXTENSION"}
 
 if not settings.configured:
     settings.configure(INSTALLED_APPS=["channels"], USE_TZ=True)
@@ -99,10 +102,10 @@ async def _connected(url: str) -> WebsocketCommunicator:
     return communicator
 
 
-async def _run(*command: str | Path) -> str:
+async def _run(*command: str | Path, env: dict[str, str] | None = None) -> str:
     """Runs a program to its end; its stdout, or a failure with its stderr."""
     process = await asyncio.create_subprocess_exec(
-        *map(str, command), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *map(str, command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
     out, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
     assert process.returncode == 0, f"{command}: {err.decode()}"
@@ -124,6 +127,7 @@ def test_node_sends_and_a_waiting_go_process_receives_in_order(tmp_path: Path) -
         assert go.stderr.readline().strip() == "waiting in jobs"
         node = subprocess.run(
             ["node", _program(NODE_EXAMPLE), "send", db, "jobs", *texts[:25]],
+            env=NODE_ENV,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -131,6 +135,7 @@ def test_node_sends_and_a_waiting_go_process_receives_in_order(tmp_path: Path) -
         assert node.returncode == 0, node.stderr
         node = subprocess.run(
             ["node", NODE_EXAMPLE, "send", db, "jobs", *texts[25:]],
+            env=NODE_ENV,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
@@ -166,7 +171,9 @@ async def test_node_msgpack_bytes_arrive_as_bytes(database: Path, tmp_path: Path
     upload.write_bytes(payload)
     recorder = await _connected("/ws/record/uploads/")
     try:
-        out = await _run("node", _program(NODE_EXAMPLE), "upload", database, "uploads", upload)
+        out = await _run(
+            "node", _program(NODE_EXAMPLE), "upload", database, "uploads", upload, env=NODE_ENV
+        )
         assert out.strip() == "delivered to 1"
         event = await asyncio.wait_for(Recorder.events.get(), TIMEOUT)
         assert event == {"type": "file.uploaded", "name": "photo.bin", "data": payload}

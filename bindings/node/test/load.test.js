@@ -2,6 +2,8 @@
 // node --test test/ (npm test). Needs better-sqlite3, and the prebuilt file
 // (npm pack puts it there) or CHANLITE_EXTENSION.
 const assert = require('node:assert/strict');
+const { statSync } = require('node:fs');
+const { join } = require('node:path');
 const { test } = require('node:test');
 const Database = require('better-sqlite3');
 const chanlite = require('..');
@@ -15,8 +17,16 @@ test('load gives the SQL API', () => {
   db.close();
 });
 
-test('getLoadablePath names the file it returns', () => {
-  assert.match(chanlite.getLoadablePath(), /chanlite\.(so|dylib|dll)$/);
+test('without CHANLITE_EXTENSION, the prebuilt file the package carries', () => {
+  const saved = process.env.CHANLITE_EXTENSION;
+  delete process.env.CHANLITE_EXTENSION;
+  try {
+    const expected = join(__dirname, '..', 'prebuilt', `${process.platform}-${process.arch}`, 'chanlite.so');
+    assert.equal(chanlite.getLoadablePath(), expected);
+    assert.ok(statSync(expected).size > 0);
+  } finally {
+    if (saved !== undefined) process.env.CHANLITE_EXTENSION = saved;
+  }
 });
 
 test('a CHANLITE_EXTENSION that names no file is refused by name', () => {
