@@ -46,8 +46,9 @@ typedef struct Options {
   const char *data;
   const char *join[MAX_JOIN];
   int n_join;
-  const char *wake_address; /* NULL: the default; "off": none */
-  unsigned latency_ms;      /* 0: dqlite's default */
+  const char *wake_address; /* NULL: none ("off") */
+  char default_wake[300];
+  unsigned latency_ms; /* 0: dqlite's default */
 } Options;
 
 int sqlite3_chanlite_init(sqlite3 *db, char **errmsg, const sqlite3_api_routines *api);
@@ -82,6 +83,31 @@ static int parse_number(const char *s, unsigned long long max, unsigned long lon
   v = strtoull(s, &end, 10);
   if (errno || *end || v == 0 || v > max) return -1;
   *out = v;
+  return 0;
+}
+
+/* --wake-address, or by default the node's listening host and the port
+** above dqlite's. */
+static int wake_address(Options *o) {
+  char host[256], port[16];
+  unsigned long long n;
+  if (o->wake_address) {
+    if (strcmp(o->wake_address, "off") == 0) o->wake_address = 0;
+    else if (split_address(o->wake_address, host, sizeof host, port, sizeof port) != 0) {
+      return fail_usage("--wake-address must be HOST:PORT or off, not '%s'", o->wake_address);
+    }
+    return 0;
+  }
+  split_address(o->bind_address ? o->bind_address : o->address, host, sizeof host, port,
+                sizeof port);
+  if (parse_number(port, 65534, &n) != 0) {
+    return fail_usage("the wake hub's default port is --address's port + 1: give "
+                      "--wake-address for port %s",
+                      port);
+  }
+  snprintf(o->default_wake, sizeof o->default_wake, strchr(host, ':') ? "[%s]:%llu" : "%s:%llu",
+           host, n + 1);
+  o->wake_address = o->default_wake;
   return 0;
 }
 
@@ -137,7 +163,7 @@ static int parse_args(int argc, char **argv, Options *o) {
       return fail_usage("--join must be HOST:PORT, not '%s'", o->join[i]);
     }
   }
-  return 0;
+  return wake_address(o);
 }
 
 /* mkdir -p */
@@ -288,11 +314,20 @@ static void watch_role(RoleWatch *w, const Options *o) {
 /* A leader that stops hands leadership to the most up-to-date voter first:
 ** the cluster then serves again without waiting out an election timeout. */
 static void hand_over(const Options *o, const RoleWatch *w) {
+  DqliteServer servers[CLIENT_MAX_SERVERS];
   char err[300];
-  int fd;
+  int fd, n = 0, i, voters = 0;
   if (!w->known || w->leader_id != o->id) return;
   fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
   if (fd < 0) return;
+  if (client_cluster(fd, servers, CLIENT_MAX_SERVERS, &n, err, sizeof err) == 0) {
+    for (i = 0; i < n; i++)
+      voters += servers[i].role == DQLITE_ROLE_VOTER && servers[i].id != o->id;
+  }
+  if (voters == 0) {
+    close(fd);
+    return; /* alone: no one to hand over to */
+  }
   if (client_transfer(fd, 0, err, sizeof err) == 0) node_log("stop: leadership handed over");
   else node_log("stop: leadership not handed over: %s", err);
   close(fd);
@@ -320,6 +355,7 @@ int main(int argc, char **argv) {
   dqlite_node *node = 0;
   sigset_t signals;
   RoleWatch role = {-1, 0, 0, ""};
+  Hub *hub = 0;
   int joined, sig = 0, rc;
   struct timespec next_join = {0, 0};
   if (parse_args(argc, argv, &o) != 0) return 2;
@@ -357,11 +393,17 @@ int main(int argc, char **argv) {
     node_log("cannot register chanlite: %s", sqlite3_errstr(rc));
     return 1;
   }
-  if (create_node(&o, &node) != 0) {
-    dqlite_node_destroy(node);
+  if (o.wake_address && hub_start(o.wake_address, &hub) != 0) {
+    node_log("cannot start the wake hub on %s: %s", o.wake_address, strerror(errno));
     return 1;
   }
-  node_log("node %llu serving on %s (data %s)", o.id, o.address, o.data);
+  if (create_node(&o, &node) != 0) {
+    dqlite_node_destroy(node);
+    hub_stop(hub);
+    return 1;
+  }
+  node_log("node %llu serving on %s (data %s), wake hub on %s", o.id, o.address, o.data,
+           o.wake_address ? o.wake_address : "none (off)");
   while (!sig) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -379,6 +421,7 @@ int main(int argc, char **argv) {
   if (sig) node_log("stop: %s received", strsignal(sig));
   hand_over(&o, &role);
   if (role.fd >= 0) close(role.fd);
+  hub_stop(hub);
   rc = dqlite_node_stop(node);
   dqlite_node_destroy(node);
   node_log("stopped");

@@ -34,4 +34,9 @@ int client_transfer(int fd, uint64_t id, char *err, int n_err);
 int split_address(const char *address, char *host, int n_host, char *port, int n_port);
 
 
+/* hub.c: the wake hub, on a thread of its own. */
+typedef struct Hub Hub;
+int hub_start(const char *address, Hub **out);
+void hub_stop(Hub *hub);
+
 #endif
