@@ -313,17 +313,21 @@ static void watch_role(RoleWatch *w, const Options *o) {
 
 /* A leader that stops hands leadership to the most up-to-date voter first:
 ** the cluster then serves again without waiting out an election timeout. */
-static void hand_over(const Options *o, const RoleWatch *w) {
+static void hand_over(const Options *o) {
   DqliteServer servers[CLIENT_MAX_SERVERS];
-  char err[300];
+  char err[300], leader[256];
+  uint64_t leader_id = 0;
   int fd, n = 0, i, voters = 0;
-  if (!w->known || w->leader_id != o->id) return;
   fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
   if (fd < 0) return;
-  if (client_cluster(fd, servers, CLIENT_MAX_SERVERS, &n, err, sizeof err) == 0) {
-    for (i = 0; i < n; i++)
-      voters += servers[i].role == DQLITE_ROLE_VOTER && servers[i].id != o->id;
+  /* Asked now: the role last logged may be a poll old. */
+  if (client_leader(fd, &leader_id, leader, sizeof leader, err, sizeof err) != 0 ||
+      leader_id != o->id ||
+      client_cluster(fd, servers, CLIENT_MAX_SERVERS, &n, err, sizeof err) != 0) {
+    close(fd);
+    return;
   }
+  for (i = 0; i < n; i++) voters += servers[i].role == DQLITE_ROLE_VOTER && servers[i].id != o->id;
   if (voters == 0) {
     close(fd);
     return; /* alone: no one to hand over to */
@@ -419,7 +423,7 @@ int main(int argc, char **argv) {
     sig = wait_signal(&signals, ROLE_POLL_MS);
   }
   if (sig) node_log("stop: %s received", strsignal(sig));
-  hand_over(&o, &role);
+  hand_over(&o);
   if (role.fd >= 0) close(role.fd);
   hub_stop(hub);
   rc = dqlite_node_stop(node);

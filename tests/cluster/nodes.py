@@ -147,7 +147,8 @@ class Cluster:
             node.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Starts every node; returns once all are voters and a leader serves."""
+        """Starts every node (again, after stop(cleanup=False)); returns once all are
+        voters and a leader serves."""
         for node in self.nodes:
             self._spawn(node)
         self.wait_ready(timeout)
@@ -220,7 +221,8 @@ class Cluster:
         self._spawn(node)
         return node
 
-    def stop(self) -> None:
+    def stop(self, cleanup: bool = True) -> None:
+        """SIGTERM every node and waits; cleanup=False keeps the data to start again."""
         for node in self.nodes:
             if node.running:
                 node.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -231,7 +233,7 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     node.process.kill()
                     node.process.wait()
-        if self._tmp is not None:
+        if cleanup and self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
 
