@@ -74,9 +74,26 @@ static void client_free(Client *c) {
   free(c);
 }
 
-/* Queues a line for the client; a client that cannot take it is dropped. */
+static void flush_out(Client *c) {
+  while (c->n_out > 0 && !c->dropped) {
+    ssize_t w = send(c->fd, c->out, c->n_out, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    if (w <= 0) {
+      c->dropped = 1;
+      return;
+    }
+    memmove(c->out, c->out + w, c->n_out - (size_t)w);
+    c->n_out -= (size_t)w;
+  }
+}
+
+/* Queues a line for the client. When its buffer is full, what the socket
+** takes goes first; a client that still cannot take the line is dropped. */
 static void send_line(Hub *h, Client *c, const char *a, size_t n_a, const char *b, size_t n_b) {
   size_t need = n_a + n_b + 1;
+  if (c->dropped) return;
+  if (c->n_out + need > OUT_BUFFER) flush_out(c);
   if (c->dropped) return;
   if (c->n_out + need > OUT_BUFFER) {
     c->dropped = 1;
@@ -90,18 +107,19 @@ static void send_line(Hub *h, Client *c, const char *a, size_t n_a, const char *
   c->n_out += need;
 }
 
-static void flush_out(Client *c) {
-  while (c->n_out > 0 && !c->dropped) {
-    ssize_t w = send(c->fd, c->out, c->n_out, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    if (w <= 0) {
-      c->dropped = 1;
-      return;
-    }
-    memmove(c->out, c->out + w, c->n_out - (size_t)w);
-    c->n_out -= (size_t)w;
+/* Whether the wake for q is queued already: one is enough, since a wake
+** only says "look at q". So a client owes at most one line per queue it
+** watches, and only one that watches many (or *) and stops reading can
+** outgrow its buffer. */
+static int wake_pending(const Client *c, const char *q, size_t n) {
+  const char *p = c->out, *end = c->out + c->n_out;
+  while (p < end) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl) break;
+    if ((size_t)(nl - p) == n && memcmp(p, q, n) == 0) return 1;
+    p = nl + 1;
   }
+  return 0;
 }
 
 static int find_watch(const Client *c, const char *q, size_t n) {
@@ -156,7 +174,9 @@ static void ring(Hub *h, const char *q, size_t n) {
   int i;
   for (i = 0; i < h->n_clients; i++) {
     Client *c = h->clients[i];
-    if (find_watch(c, q, n) >= 0 || find_watch(c, "*", 1) >= 0) send_line(h, c, q, n, "", 0);
+    if ((find_watch(c, q, n) >= 0 || find_watch(c, "*", 1) >= 0) && !wake_pending(c, q, n)) {
+      send_line(h, c, q, n, "", 0);
+    }
   }
 }
 
