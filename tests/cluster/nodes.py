@@ -221,6 +221,20 @@ class Cluster:
         self._spawn(node)
         return node
 
+    def add_node(self, timeout: float = 60.0) -> Node:
+        """Starts one more node (the next loopback address), which joins as a voter."""
+        if len(self.nodes) == len(HOSTS):
+            raise ValueError(f"at most {len(HOSTS)} nodes")
+        n = len(self.nodes) + 1
+        port = self.nodes[0].port
+        if not _free_on_all((HOSTS[n - 1],), port):
+            raise RuntimeError(f"port {port} or {port + 1} is taken on {HOSTS[n - 1]}")
+        node = Node(n, HOSTS[n - 1], port, self.workdir / f"node{n}", self.workdir / f"node{n}.log")
+        self.nodes.append(node)
+        self._spawn(node)
+        self.wait_ready(timeout)
+        return node
+
     def stop(self, cleanup: bool = True) -> None:
         """SIGTERM every node and waits; cleanup=False keeps the data to start again."""
         for node in self.nodes:
