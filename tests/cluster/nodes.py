@@ -95,7 +95,7 @@ class Cluster:
         self,
         size: int = 3,
         workdir: str | Path | None = None,
-        latency_ms: int = 20,
+        latency_ms: int | None = 20,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
@@ -135,8 +135,7 @@ class Cluster:
             node.address,
             "--data",
             str(node.data),
-            "--latency-ms",
-            str(self.latency_ms),
+            *(["--latency-ms", str(self.latency_ms)] if self.latency_ms else []),
             *self.extra_args,
         ]
         if node.id != 1:
