@@ -334,7 +334,7 @@ static void *hub_main(void *arg) {
   return 0;
 }
 
-static int listen_on(const char *address) {
+int node_listen(const char *address) {
   char host[256], port[16];
   struct addrinfo hints, *res = 0, *ai;
   int fd = -1, one = 1;
@@ -363,7 +363,7 @@ int hub_start(const char *address, Hub **out) {
   int err;
   *out = 0;
   if (!h) return -1;
-  h->listen_fd = listen_on(address);
+  h->listen_fd = node_listen(address);
   h->stop_fd = eventfd(0, EFD_CLOEXEC);
   if (h->listen_fd < 0 || h->stop_fd < 0) {
     err = errno;

@@ -347,8 +347,15 @@ static int create_node(const Options *o, dqlite_node **node) {
   if (rc == 0 && o->latency_ms) rc = dqlite_node_set_network_latency_ms(*node, o->latency_ms);
   if (rc == 0) rc = dqlite_node_start(*node);
   if (rc != 0) {
-    node_log("cannot start the node on %s: %s", o->bind_address ? o->bind_address : o->address,
-             dqlite_node_errmsg(*node));
+    const char *bind = o->bind_address ? o->bind_address : o->address, *why;
+    why = dqlite_node_errmsg(*node);
+    if (!why || !why[0]) {
+      /* libdqlite says nothing when it cannot listen: find out why. */
+      int fd = node_listen(bind);
+      why = fd < 0 ? strerror(errno) : "unknown error";
+      if (fd >= 0) close(fd);
+    }
+    node_log("cannot start the node on %s: %s", bind, why);
     return -1;
   }
   return 0;

@@ -264,6 +264,24 @@ def test_bad_arguments_are_named(args: list[str], message: str, tmp_path: Path) 
     assert message in done.stderr
 
 
+def test_an_address_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, message in [
+            (["--address", f"127.0.0.1:{port}", "--wake-address", "off"], "the node on"),
+            (
+                ["--address", f"127.0.0.1:{port - 1}", "--wake-address", f"127.0.0.1:{port}"],
+                "the wake hub on",
+            ),
+        ]:
+            argv = [BINARY, "--id", "1", "--data", str(tmp_path / "d"), *args]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 1
+            assert f"cannot start {message} 127.0.0.1:{port}: Address already in use" in done.stderr
+
+
 # ---- the wake hub ----
 
 
