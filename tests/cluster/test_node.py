@@ -226,6 +226,25 @@ def test_a_node_is_added_then_removed(cluster: Cluster) -> None:
         send(c, c.open(DB), "three-again", "served")
 
 
+def test_a_node_with_a_members_id_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    taken = cluster.nodes[1]
+    address = f"127.0.0.4:{taken.port}"
+    argv = [BINARY, "--id", str(taken.id), "--address", address, "--data", str(tmp_path / "d")]
+    done = subprocess.run(
+        [*argv, "--join", cluster.nodes[0].address, "--wake-address", "off"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert (
+        f"join: id {taken.id} belongs to the node at {taken.address} already: give this node "
+        "another id" in done.stderr
+    )
+    with wire.Connection(cluster.leader().address) as c:
+        assert sorted(c.cluster()) == [(n.id, n.address, "voter") for n in cluster.nodes]
+
+
 def test_the_whole_cluster_restarts_with_its_data(cluster: Cluster) -> None:
     with wire.Connection(cluster.leader().address) as c:
         send(c, c.open(DB), "restart", "survives")
