@@ -283,6 +283,12 @@ retry:
   return rc;
 }
 
+/* Where the node itself asks its own node: where it listens, which is
+** local even when --address is a proxy's or NAT's. */
+static const char *self_address(const Options *o) {
+  return o->bind_address ? o->bind_address : o->address;
+}
+
 /* The role as this node sees it, for the log. */
 typedef struct RoleWatch {
   int fd;
@@ -294,7 +300,7 @@ typedef struct RoleWatch {
 static void watch_role(RoleWatch *w, const Options *o) {
   char leader[256] = "", err[300];
   uint64_t leader_id = 0;
-  if (w->fd < 0) w->fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
+  if (w->fd < 0) w->fd = client_connect(self_address(o), REQUEST_TIMEOUT_MS);
   if (w->fd < 0) return;
   if (client_leader(w->fd, &leader_id, leader, sizeof leader, err, sizeof err) != 0) {
     close(w->fd);
@@ -318,7 +324,7 @@ static void hand_over(const Options *o) {
   char err[300], leader[256];
   uint64_t leader_id = 0;
   int fd, n = 0, i, voters = 0;
-  fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
+  fd = client_connect(self_address(o), REQUEST_TIMEOUT_MS);
   if (fd < 0) return;
   /* Asked now: the role last logged may be a poll old. */
   if (client_leader(fd, &leader_id, leader, sizeof leader, err, sizeof err) != 0 ||
@@ -409,7 +415,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (create_node(&o, &node) != 0) {
-    dqlite_node_destroy(node);
+    if (node) dqlite_node_destroy(node);
     hub_stop(hub);
     return 1;
   }

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -422,22 +423,43 @@ def test_stopping_a_node_closes_its_hub_connections(cluster: Cluster) -> None:
     cluster.wait_ready()
 
 
-def test_wake_address_off_runs_no_hub(tmp_path: Path) -> None:
+@contextmanager
+def single_node(tmp_path: Path, *args: str) -> Iterator[tuple[int, Path]]:
+    """One node bootstrapping a cluster of one: (its port, its log)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = tmp_path / "node.log"
-    argv = [BINARY, "--id", "1", "--address", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")]
+    argv = [BINARY, "--id", "1", "--data", str(tmp_path / "d")]
     with open(log, "wb") as out:
-        node = subprocess.Popen([*argv, "--wake-address", "off"], stderr=out)
+        node = subprocess.Popen([*argv, *(a.format(port=port) for a in args)], stderr=out)
     try:
         deadline = time.monotonic() + 30
         while "role: leader" not in log.read_text():
             assert node.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
-        assert "wake hub on none (off)" in log.read_text()
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port + 1), timeout=5)
+        yield port, log
     finally:
         node.terminate()
         assert node.wait(timeout=30) == 0
+
+
+def test_wake_address_off_runs_no_hub(tmp_path: Path) -> None:
+    args = ("--address", "127.0.0.1:{port}", "--wake-address", "off")
+    with single_node(tmp_path, *args) as (port, log):
+        assert "wake hub on none (off)" in log.read_text()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port + 1), timeout=5)
+
+
+def test_bind_address_listens_where_told_and_advertises_address(tmp_path: Path) -> None:
+    # Advertised as 127.0.0.9 (a proxy's, say); listening on 127.0.0.1.
+    args = ("--address", "127.0.0.9:{port}", "--bind-address", "127.0.0.1:{port}")
+    with single_node(tmp_path, *args) as (port, log):
+        with wire.Connection(f"127.0.0.1:{port}") as c:
+            assert c.leader() == (1, f"127.0.0.9:{port}")
+        hub = HubClient(f"127.0.0.1:{port + 1}")
+        hub.send("ping")
+        assert hub.line() == "pong"
+        hub.close()
+        assert f"wake hub on 127.0.0.1:{port + 1}" in log.read_text()
