@@ -344,24 +344,25 @@ static void hand_over(const Options *o) {
 }
 
 static int create_node(const Options *o, dqlite_node **node) {
-  int rc = dqlite_node_create(o->id, o->address, o->data, node);
+  const char *bind = self_address(o);
+  /* libdqlite says nothing when it cannot listen (and leaks the node it
+  ** then destroys): try first, to name the reason. */
+  int rc, fd = node_listen(bind);
+  if (fd < 0) {
+    node_log("cannot start the node on %s: %s", bind, strerror(errno));
+    return -1;
+  }
+  close(fd);
+  rc = dqlite_node_create(o->id, o->address, o->data, node);
   if (rc != 0) {
     node_log("cannot create the node: %s", *node ? dqlite_node_errmsg(*node) : "out of memory");
     return -1;
   }
-  rc = dqlite_node_set_bind_address(*node, o->bind_address ? o->bind_address : o->address);
+  rc = dqlite_node_set_bind_address(*node, bind);
   if (rc == 0 && o->latency_ms) rc = dqlite_node_set_network_latency_ms(*node, o->latency_ms);
   if (rc == 0) rc = dqlite_node_start(*node);
   if (rc != 0) {
-    const char *bind = o->bind_address ? o->bind_address : o->address, *why;
-    why = dqlite_node_errmsg(*node);
-    if (!why || !why[0]) {
-      /* libdqlite says nothing when it cannot listen: find out why. */
-      int fd = node_listen(bind);
-      why = fd < 0 ? strerror(errno) : "unknown error";
-      if (fd >= 0) close(fd);
-    }
-    node_log("cannot start the node on %s: %s", bind, why);
+    node_log("cannot start the node on %s: %s", bind, dqlite_node_errmsg(*node));
     return -1;
   }
   return 0;

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from . import wire
-from .nodes import Cluster, Node, node_binary
+from .nodes import Cluster, Node, free_port, node_binary
 
 try:
     BINARY = node_binary()
@@ -43,9 +43,14 @@ REFUSED_TEXT = (
 WAIT_TEXT = "chanlite: channel_wait() cannot run in a dqlite node"
 
 
+# Heartbeats every 1.5 x this: generous, so that a loaded machine (or a
+# sanitized build, tests/sanitize.sh) does not lose its leader for nothing.
+LATENCY_MS = int(os.environ.get("CHANLITE_NODE_LATENCY_MS", "50"))
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+    c = Cluster(latency_ms=LATENCY_MS)
     try:
         c.start()
         yield c
@@ -426,9 +431,7 @@ def test_stopping_a_node_closes_its_hub_connections(cluster: Cluster) -> None:
 @contextmanager
 def single_node(tmp_path: Path, *args: str) -> Iterator[tuple[int, Path]]:
     """One node bootstrapping a cluster of one: (its port, its log)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port(("127.0.0.1",))  # and the one above, for the wake hub
     log = tmp_path / "node.log"
     argv = [BINARY, "--id", "1", "--data", str(tmp_path / "d")]
     with open(log, "wb") as out:
