@@ -74,6 +74,11 @@ if [ -d tests/python ]; then
   tests/channels_suite.sh
 fi
 
+# Once, not on the nox corners: it builds and installs the package four ways.
+echo "== the sdist and the manylinux wheel (tools/dist.sh, tests/dist)"
+python3 -m pip install -q --disable-pip-version-check -r tools/dist-requirements.txt
+python3 -m pytest -q -p no:cacheprovider tests/dist
+
 # One closing line over every meson run (pytest prints its own above).
 python3 - <<'PY'
 import json, pathlib
