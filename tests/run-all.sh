@@ -88,6 +88,10 @@ echo "== the sdist and the manylinux wheel (tools/dist.sh, tests/dist)"
 python3 -m pip install -q --disable-pip-version-check -r tools/dist-requirements.txt
 python3 -m pytest -q -p no:cacheprovider tests/dist
 
+# Node, Go and Rust: their packages, examples, and a test across them and Django.
+echo "== other languages (tests/languages.sh)"
+tests/languages.sh
+
 # One closing line over every meson run (pytest prints its own above).
 python3 - <<'PY'
 import json, pathlib
