@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# README's "Building" promise, checked: on a machine with SQLite's headers but
-# neither cmocka nor valgrind, a plain `meson setup build && meson compile -C
-# build` works, the cmocka unit tests are not defined (and meson says why), the
+# The promise of docs/install.md and the README's quick start, checked: on a
+# machine with SQLite's headers but neither cmocka nor valgrind, a plain
+# `meson setup build && meson compile -C build` works, the cmocka unit tests are not defined (and meson says why), the
 # other tests still run, and the sqlite3 shell loads the extension.
 #
 #   tests/plain_build.sh
