@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The promise of docs/install.md and the README's quick start, checked: on a
 # machine with SQLite's headers but neither cmocka nor valgrind, a plain
-# `meson setup build && meson compile -C build` works, the cmocka unit tests are not defined (and meson says why), the
-# other tests still run, and the sqlite3 shell loads the extension.
+# `meson setup build && meson compile -C build` works, the cmocka unit tests
+# are not defined (and meson says why), the other tests still run, and the
+# sqlite3 shell loads the extension.
 #
 #   tests/plain_build.sh
 #
