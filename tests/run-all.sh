@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what is missing, lints (tests/lint.sh: ruff, clang-format), builds
-# chanlite, and runs every test:
+# chanlite (and once more without cmocka and valgrind), and runs every test:
 # the SQL tests, C tests, wake-up race and benchmark smoke run (meson test),
 # the same suite under AddressSanitizer+UndefinedBehaviorSanitizer and under
 # valgrind, each libFuzzer target for 20 s, the Python, Django and
 # browser tests, and django/channels' own test suite with chanlite as its
-# channel layer. Exits non-zero on any failure.
+# channel layer; then builds the documentation (running its SQL examples) and
+# the sdist and wheel, and installs them. Exits non-zero on any failure.
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -42,8 +43,14 @@ echo "== lint"
 tests/lint.sh
 
 echo "== build"
-[ -f build/build.ninja ] || meson setup build
+# cmocka is optional for a user's build (-Dcmocka=auto); here it must be found,
+# so that no test is quietly left out.
+if [ -f build/build.ninja ]; then meson configure build -Dcmocka=enabled
+else meson setup build -Dcmocka=enabled; fi
 meson compile -C build
+
+echo "== a plain build without cmocka and valgrind (tests/plain_build.sh)"
+tests/plain_build.sh
 
 echo "== meson test"
 meson test -C build --print-errorlogs
@@ -73,6 +80,19 @@ if [ -d tests/python ]; then
   echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
   tests/channels_suite.sh
 fi
+
+# Once, not on the nox corners: every example of the SQL reference run through
+# build/tests/sqltest, the site built with warnings as errors, and a screenshot
+# of its front page (docs/_build/front-page.png) taken by headless chromium.
+echo "== documentation (docs/, tests/docs)"
+python3 -m pip install -q --disable-pip-version-check -r docs/requirements.txt
+python3 -m pytest -q -p no:cacheprovider tests/docs
+
+# Once, not on the nox corners: it builds the sdist and the wheel and installs
+# each into a fresh virtualenv.
+echo "== the sdist and the manylinux wheel (tools/dist.sh, tests/dist)"
+python3 -m pip install -q --disable-pip-version-check -r tools/dist-requirements.txt
+python3 -m pytest -q -p no:cacheprovider tests/dist
 
 # Node, Go and Rust: their packages, examples, and a test across them and Django.
 echo "== other languages (tests/languages.sh)"

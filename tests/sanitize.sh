@@ -50,7 +50,8 @@ export ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:fast_unwind_
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer ($asan_dir)"
 if { [ -f "$asan_dir/build.ninja" ] || \
-     meson setup "$asan_dir" -Db_sanitize=address,undefined -Db_lundef=false; } &&
+     meson setup "$asan_dir" -Db_sanitize=address,undefined -Db_lundef=false \
+       -Dcmocka=enabled; } &&
    meson compile -C "$asan_dir" &&
    CHANLITE_DISK_MESSAGES=5000 meson test -C "$asan_dir" --print-errorlogs; then
   echo "   ASan+UBSan: passed ($(( $(date +%s) - start )) s so far)"

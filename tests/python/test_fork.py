@@ -316,8 +316,8 @@ def test_django_backend_connection_does_not_cross_fork() -> None:
     connection opened before the fork is closed just before it, so the
     child's chanlite calls work (chanlite refuses them on a connection that
     crossed the fork) and the parent connects again on its next query.
-    (Inside transaction.atomic() nothing can be closed: the README says not
-    to fork there.)"""
+    (Inside transaction.atomic() nothing can be closed: docs/django.md says
+    not to fork there.)"""
     from django.db import connection
 
     import chanlite.django
