@@ -15,7 +15,7 @@
 ** one it joins it. Call write functions from a statement of their own
 ** (SELECT channel_send(?, ?)), not from INSERT ... SELECT or UPDATE.
 ** Loading writes nothing; the chanlite_* tables are created on first use.
-** See README.md for the whole API, and docs/design.md for how it works and
+** See docs/sql/index.md for the whole API, and docs/design.md for how it works and
 ** why its guarantees hold.
 **
 ** Files: chanlite.c (this: loading), names.c (argument checks), message.c,

@@ -1,9 +1,10 @@
 """Traffic counters and dead letters, from Python.
 
 :func:`stats` reads the extension's ``chanlite_stats`` table and
-:func:`dead_letters` its ``chanlite_dead`` table (see the README's Operations
-section). Both take an open connection with chanlite loaded, or the path of
-a database file (opened read-only for the call)::
+:func:`dead_letters` its ``chanlite_dead`` table (see docs/operations/metrics.md
+and docs/operations/dead-letters.md). Both take an open connection with
+chanlite loaded, or the path of a database file (opened read-only for the
+call)::
 
     import chanlite
     for row in chanlite.stats("channels.sqlite3"):
