@@ -56,10 +56,15 @@ static int open_bell(Chanlite *c, const char *path) {
   struct stat db, st;
   int have_db = file && stat(file, &db) == 0, created = 1;
   mode_t mode = have_db ? db.st_mode & 0777 : 0600;
-  int fd = open(path, flags | O_CREAT | O_EXCL, mode);
-  if (fd < 0 && errno == EEXIST) {
+  int fd = -1, tries;
+  /* Another process may delete the bell between the two: a few tries. */
+  for (tries = 0; fd < 0 && tries < 8; tries++) {
+    created = 1;
+    fd = open(path, flags | O_CREAT | O_EXCL, mode);
+    if (fd >= 0 || errno != EEXIST) break;
     created = 0;
     fd = open(path, flags);
+    if (fd < 0 && errno != ENOENT) break;
   }
   if (fd < 0) return -1;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -193,21 +198,30 @@ void chanlite_wake_close(Chanlite *c) {
 #ifdef __linux__
 /* A ring, and anything that may leave the watch on a file that is no
 ** longer the bell (deleted, replaced, moved; IN_ATTRIB comes with the
-** unlink itself, while an open descriptor delays IN_DELETE_SELF). */
+** unlink itself, while an open descriptor delays IN_DELETE_SELF), or events
+** dropped (IN_Q_OVERFLOW, one of them may have been that). */
 #define BELL_EVENTS (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW)
-#define BELL_GONE (IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)
+#define BELL_GONE (IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW)
 #endif
 
 /* An inotify descriptor watching the bell, or negative where there is none. */
 static int watch(Chanlite *c) {
 #ifdef __linux__
   char *path;
-  int fd;
+  int fd, tries, watched = -1;
   if (c->watch_fd != -1) return c->watch_fd; /* -2: tried and failed */
   c->watch_fd = -2;
   if (bell(c) < 0 || !(path = bell_path(c))) return -2;
   fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (fd >= 0 && inotify_add_watch(fd, path, BELL_EVENTS) < 0) {
+  /* The bell may be deleted between its opening and the watch: again. */
+  for (tries = 0; fd >= 0 && tries < 8; tries++) {
+    watched = inotify_add_watch(fd, path, BELL_EVENTS);
+    if (watched >= 0 || errno != ENOENT) break;
+    close(c->bell_fd);
+    c->bell_fd = -1;
+    if (bell(c) < 0) break;
+  }
+  if (fd >= 0 && watched < 0) {
     close(fd);
     fd = -1;
   }

@@ -879,7 +879,8 @@ static int holds_prefix(int j, int **drained, const int *drained_n, const int *r
     }
     for (skip = 0; skip <= skip_max && skip <= tail - head; skip++) {
       if (tail - head - skip == drained_n[ch] &&
-          memcmp(expect + head + skip, drained[ch], (size_t)drained_n[ch] * sizeof(int)) == 0) {
+          (drained_n[ch] == 0 ||
+           memcmp(expect + head + skip, drained[ch], (size_t)drained_n[ch] * sizeof(int)) == 0)) {
         break;
       }
     }
