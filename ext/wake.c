@@ -200,33 +200,43 @@ void chanlite_wake_close(Chanlite *c) {
 ** longer the bell (deleted, replaced, moved; IN_ATTRIB comes with the
 ** unlink itself, while an open descriptor delays IN_DELETE_SELF), or events
 ** dropped (IN_Q_OVERFLOW, one of them may have been that). */
-#define BELL_EVENTS (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_DONT_FOLLOW)
+#define BELL_EVENTS (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
 #define BELL_GONE (IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW)
 #endif
 
-/* An inotify descriptor watching the bell, or negative where there is none. */
+/* An inotify descriptor watching the bell, or negative where there is none.
+** The watch goes on the very file the bell descriptor holds (through
+** /proc/self/fd: a watch added by name may land on a file deleted between
+** the name's lookup and the watch, which then never hears a ring), and
+** only counts if that file still has the bell's name afterwards: from then
+** on its deletion or replacement shows as an event (BELL_GONE). */
 static int watch(Chanlite *c) {
 #ifdef __linux__
-  char *path;
-  int fd, tries, watched = -1;
+  char *path, held_path[40];
+  int fd, tries;
+  struct stat held, named;
   if (c->watch_fd != -1) return c->watch_fd; /* -2: tried and failed */
   c->watch_fd = -2;
-  if (bell(c) < 0 || !(path = bell_path(c))) return -2;
-  fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  /* The bell may be deleted between its opening and the watch: again. */
-  for (tries = 0; fd >= 0 && tries < 8; tries++) {
-    watched = inotify_add_watch(fd, path, BELL_EVENTS);
-    if (watched >= 0 || errno != ENOENT) break;
+  if (!(path = bell_path(c))) return -2;
+  for (tries = 0; tries < 8 && bell(c) >= 0; tries++) {
+    fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) break;
+    sqlite3_snprintf(sizeof held_path, held_path, "/proc/self/fd/%d", c->bell_fd);
+    if (inotify_add_watch(fd, held_path, BELL_EVENTS) < 0 &&
+        inotify_add_watch(fd, path, BELL_EVENTS | IN_DONT_FOLLOW) < 0) {
+      close(fd);
+      break;
+    }
+    if (fstat(c->bell_fd, &held) == 0 && held.st_nlink > 0 && lstat(path, &named) == 0 &&
+        named.st_ino == held.st_ino && named.st_dev == held.st_dev) {
+      c->watch_fd = fd;
+      break;
+    }
+    close(fd); /* the bell changed meanwhile: open whatever has its name now */
     close(c->bell_fd);
     c->bell_fd = -1;
-    if (bell(c) < 0) break;
-  }
-  if (fd >= 0 && watched < 0) {
-    close(fd);
-    fd = -1;
   }
   sqlite3_free(path);
-  if (fd >= 0) c->watch_fd = fd;
   return c->watch_fd;
 #else
   (void)c;
