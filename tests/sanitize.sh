@@ -18,7 +18,7 @@
 # test, which moves 5000 messages instead of 20000 in both runs
 # (CHANLITE_DISK_MESSAGES; same checks; the 20000 is checked by the
 # normal build's run).
-# The power-loss test cuts the power 15 times per mode under ASan and 3
+# The power-loss test cuts the power 8 times per mode under ASan and 3
 # times (after at most 800 write-side calls) under valgrind, instead of 60;
 # the files test passes 40 messages past the bell's tamperer there, not 400.
 # Both runs give the multi-process test a 60 s busy timeout
@@ -55,7 +55,7 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer ($asan_dir)"
 if { [ -f "$asan_dir/build.ninja" ] || \
      meson setup "$asan_dir" -Db_sanitize=address,undefined -Db_lundef=false; } &&
    meson compile -C "$asan_dir" &&
-   CHANLITE_DISK_MESSAGES=5000 CHANLITE_POWERLOSS_CUTS=15 meson test -C "$asan_dir" --print-errorlogs; then
+   CHANLITE_DISK_MESSAGES=5000 CHANLITE_POWERLOSS_CUTS=8 meson test -C "$asan_dir" --print-errorlogs; then
   echo "   ASan+UBSan: passed ($(( $(date +%s) - start )) s so far)"
 else
   failed+=("ASan+UBSan ($asan_dir)")
