@@ -5,7 +5,7 @@
 **   files path/to/chanlite.so [messages]
 **
 ** (messages: passed in the tampering part; default 400, or
-** CHANLITE_FILES_MESSAGES, which tests/sanitize.sh lowers under valgrind)
+** CHANLITE_FILES_MESSAGES, which tests/sanitize.sh lowers under the sanitizers)
 ** Permissions. Under umask 022, 077 and 002 (each in a child process, as the
 ** umask is the process's), a database used through chanlite in WAL mode and
 ** one in rollback-journal mode: the database, its -wal, -shm and -journal and
