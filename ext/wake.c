@@ -30,6 +30,7 @@
 #include <math.h>
 #include <poll.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -43,6 +44,40 @@ static char *bell_path(Chanlite *c) {
   return sqlite3_mprintf("%s-chanlite", db);
 }
 
+/* The bell's file: a regular file, never followed through a symlink nor
+** opened on a FIFO (where open() would block), for whoever can write next
+** to the database could put one there. A new bell gets the database
+** file's permission bits (and, under root, its owner), as SQLite gives its
+** -wal and -shm files: whoever may write the database may ring, and no one
+** who may not read it can watch. */
+static int open_bell(Chanlite *c, const char *path) {
+  const int flags = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+  const char *file = sqlite3_db_filename(c->db, "main");
+  struct stat db, st;
+  int have_db = file && stat(file, &db) == 0, created = 1;
+  mode_t mode = have_db ? db.st_mode & 0777 : 0600;
+  int fd = -1, tries;
+  /* Another process may delete the bell between the two: a few tries. */
+  for (tries = 0; fd < 0 && tries < 8; tries++) {
+    created = 1;
+    fd = open(path, flags | O_CREAT | O_EXCL, mode);
+    if (fd >= 0 || errno != EEXIST) break;
+    created = 0;
+    fd = open(path, flags);
+    if (fd < 0 && errno != ENOENT) break;
+  }
+  if (fd < 0) return -1;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return -1;
+  }
+  /* Best effort, as SQLite's own: the umask may have taken bits that the
+  ** database has, and root's bell would be closed to the database's owner. */
+  if (created && (st.st_mode & 0777) != mode && fchmod(fd, mode) != 0) {}
+  if (created && have_db && geteuid() == 0 && fchown(fd, db.st_uid, db.st_gid) != 0) {}
+  return fd;
+}
+
 /* The bell, created if need be, open for ringing; negative if it cannot
 ** be (-1: not tried yet, -2: tried and failed, so not tried on every send). */
 static int bell(Chanlite *c) {
@@ -50,17 +85,25 @@ static int bell(Chanlite *c) {
   if (c->bell_fd != -1) return c->bell_fd;
   if (chanlite_in_node()) return c->bell_fd = -2; /* chanlite-node's wake hub rings instead */
   path = bell_path(c);
-  c->bell_fd = path ? open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
+  c->bell_fd = path ? open_bell(c, path) : -1;
   if (c->bell_fd < 0) c->bell_fd = -2;
   sqlite3_free(path);
   return c->bell_fd;
 }
 
 /* Best effort: a waiter that hears nothing still looks again at its
-** timeout, so a bell that cannot ring delays delivery, never loses it. */
+** timeout, so a bell that cannot ring delays delivery, never loses it.
+** A bell deleted or replaced since it was opened (no name left: a waiter
+** watching the new one would not hear it) is opened again first. */
 static void ring(Chanlite *c) {
   int fd = bell(c);
   char byte = 0;
+  struct stat st;
+  if (fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink == 0) {
+    close(fd);
+    c->bell_fd = -1;
+    fd = bell(c);
+  }
   if (fd >= 0 && pwrite(fd, &byte, 1, 0) < 0) return; /* nothing more to do */
 }
 
@@ -153,21 +196,48 @@ void chanlite_wake_close(Chanlite *c) {
   c->bell_fd = c->watch_fd = -1;
 }
 
-/* An inotify descriptor watching the bell, or negative where there is none. */
+#ifdef __linux__
+/* A ring, and anything that may leave the watch on a file that is no
+** longer the bell (deleted, replaced, moved; IN_ATTRIB comes with the
+** unlink itself, while an open descriptor delays IN_DELETE_SELF), or events
+** dropped (IN_Q_OVERFLOW, one of them may have been that). */
+#define BELL_EVENTS (IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+#define BELL_GONE (IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW)
+#endif
+
+/* An inotify descriptor watching the bell, or negative where there is none.
+** The watch goes on the very file the bell descriptor holds (through
+** /proc/self/fd: a watch added by name may land on a file deleted between
+** the name's lookup and the watch, which then never hears a ring), and
+** only counts if that file still has the bell's name afterwards: from then
+** on its deletion or replacement shows as an event (BELL_GONE). */
 static int watch(Chanlite *c) {
 #ifdef __linux__
-  char *path;
-  int fd;
+  char *path, held_path[40];
+  int fd, tries;
+  struct stat held, named;
   if (c->watch_fd != -1) return c->watch_fd; /* -2: tried and failed */
   c->watch_fd = -2;
-  if (bell(c) < 0 || !(path = bell_path(c))) return -2;
-  fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (fd >= 0 && inotify_add_watch(fd, path, IN_MODIFY) < 0) {
-    close(fd);
-    fd = -1;
+  if (!(path = bell_path(c))) return -2;
+  for (tries = 0; tries < 8 && bell(c) >= 0; tries++) {
+    fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) break;
+    sqlite3_snprintf(sizeof held_path, held_path, "/proc/self/fd/%d", c->bell_fd);
+    if (inotify_add_watch(fd, held_path, BELL_EVENTS) < 0 &&
+        inotify_add_watch(fd, path, BELL_EVENTS | IN_DONT_FOLLOW) < 0) {
+      close(fd);
+      break;
+    }
+    if (fstat(c->bell_fd, &held) == 0 && held.st_nlink > 0 && lstat(path, &named) == 0 &&
+        named.st_ino == held.st_ino && named.st_dev == held.st_dev) {
+      c->watch_fd = fd;
+      break;
+    }
+    close(fd); /* the bell changed meanwhile: open whatever has its name now */
+    close(c->bell_fd);
+    c->bell_fd = -1;
   }
   sqlite3_free(path);
-  if (fd >= 0) c->watch_fd = fd;
   return c->watch_fd;
 #else
   (void)c;
@@ -175,9 +245,33 @@ static int watch(Chanlite *c) {
 #endif
 }
 
-static void drain(int fd) {
-  char buf[4096];
-  while (read(fd, buf, sizeof buf) > 0) {}
+/* Reads every pending event; nonzero if the bell may have been replaced. */
+static int drain(int fd) {
+  int gone = 0;
+#ifdef __linux__
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t n, at;
+  while ((n = read(fd, buf, sizeof buf)) > 0) {
+    for (at = 0; at + (ssize_t)sizeof(struct inotify_event) <= n;) {
+      const struct inotify_event *e = (const struct inotify_event *)(buf + at);
+      gone |= (e->mask & BELL_GONE) != 0;
+      at += (ssize_t)sizeof *e + e->len;
+    }
+  }
+#else
+  (void)fd;
+#endif
+  return gone;
+}
+
+/* After the bell was deleted or replaced: watch (and ring) whatever file
+** has its name now, creating it if none; the caller looks at the queue
+** after, so a ring that went to the old file is not slept through. */
+static int watch_again(Chanlite *c) {
+  if (c->watch_fd >= 0) close(c->watch_fd);
+  if (c->bell_fd >= 0) close(c->bell_fd);
+  c->watch_fd = c->bell_fd = -1;
+  return watch(c);
 }
 
 double chanlite_monotonic(void) {
@@ -246,14 +340,14 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
   ** never comes shows as a timeout, not as a late delivery that hides it. */
   deadline = chanlite_monotonic() + timeout;
   fd = watch(c);
-  if (fd >= 0) drain(fd);
+  if (fd >= 0 && drain(fd)) fd = watch_again(c);
   rc = chanlite_peek(c, &ch, &found);
   while (rc == SQLITE_OK && !found && (left = deadline - chanlite_monotonic()) > 0) {
     if (fd >= 0) {
       /* A second at a time, to notice sqlite3_interrupt(). */
       struct pollfd p = {fd, POLLIN, 0};
       if (poll(&p, 1, (int)ceil((left < 1.0 ? left : 1.0) * 1000)) > 0) {
-        drain(fd);
+        if (drain(fd)) fd = watch_again(c);
         rc = chanlite_peek(c, &ch, &found);
       } else {
         rc = interrupted(c);
