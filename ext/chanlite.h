@@ -151,6 +151,10 @@ void chanlite_disk_finish_checkpoint(Chanlite *side);
 void chanlite_disk_checkpoint(Chanlite *c, sqlite3 *db, const char *zDb, int frames);
 void chanlite_disk_between_batches(Chanlite *c);
 
+/* node.c: chanlite inside a dqlite node */
+int chanlite_in_node(void);
+int chanlite_node_guard(Chanlite *c);
+
 /* wake.c */
 void chanlite_watch_commit(Chanlite *c);
 void chanlite_after_commit(Chanlite *c, int own_txn);

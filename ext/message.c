@@ -224,6 +224,9 @@ static void fn_recv(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
   double now = chanlite_time(c);
   int rc = chanlite_channel_arg(c, argv[0], &ch);
   (void)argc;
+  /* Refused in a node even when the queue is empty: a client must not find
+  ** its mistake only once a message arrives. */
+  if (rc == SQLITE_OK) rc = chanlite_node_guard(c);
   if (rc == SQLITE_OK) rc = chanlite_peek(c, &ch, &found);
   if (rc == SQLITE_OK && found) {
     rc = chanlite_begin(c);

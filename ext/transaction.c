@@ -128,7 +128,9 @@ static int begin_once(Chanlite *c, int *blank) {
 
 int chanlite_begin(Chanlite *c) {
   int blank = 0;
-  int rc = begin_once(c, &blank);
+  int rc = chanlite_node_guard(c);
+  if (rc != SQLITE_OK) return rc;
+  rc = begin_once(c, &blank);
   if (rc == SQLITE_OK && blank) {
     /* Nothing is written yet: give the transaction up, turn on incremental
     ** auto-vacuum (which needs no transaction open), and begin again. */

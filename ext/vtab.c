@@ -305,7 +305,8 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
   sqlite3_int64 timeout = 0, level = -1, limit = -1, pages = -1;
   int rc;
   *out = c;
-  if (!sqlite3_get_autocommit(c->db)) return SQLITE_OK;
+  rc = chanlite_node_guard(c); /* a node pops in the client's transaction, or not at all */
+  if (rc != SQLITE_OK || !sqlite3_get_autocommit(c->db)) return rc;
   if (!c->side) {
     file = sqlite3_db_filename(c->db, "main");
     rc = pragma_value(c, CHANLITE_STMT_JOURNAL_MODE, &level, mode, sizeof mode);

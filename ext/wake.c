@@ -48,6 +48,7 @@ static char *bell_path(Chanlite *c) {
 static int bell(Chanlite *c) {
   char *path;
   if (c->bell_fd != -1) return c->bell_fd;
+  if (chanlite_in_node()) return c->bell_fd = -2; /* chanlite-node's wake hub rings instead */
   path = bell_path(c);
   c->bell_fd = path ? open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644) : -1;
   if (c->bell_fd < 0) c->bell_fd = -2;
@@ -85,7 +86,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *zDb, int frames) {
 void chanlite_watch_commit(Chanlite *c) {
   void *prev;
   if (c->sent && !c->own_txn) c->ring_on_commit = 1;
-  if (c->batch_side) return;
+  if (c->batch_side || chanlite_in_node()) return; /* dqlite checkpoints */
   prev = sqlite3_wal_hook(c->db, wal_hook, c);
   if (prev != c) {
     c->autocheckpoint = (uintptr_t)prev <= 1000000000u ? (int)(uintptr_t)prev : 0;
@@ -219,6 +220,12 @@ static void fn_wait(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value *
   int found = 0, fd;
   int rc = chanlite_channel_arg(c, argv[0], &ch);
   (void)argc;
+  if (rc == SQLITE_OK && chanlite_in_node()) {
+    rc = chanlite_fail(c, SQLITE_MISUSE,
+                       "channel_wait() cannot run in a dqlite node: it would block the node's "
+                       "event loop, and every client with it; wait on the node's wake hub "
+                       "(docs/cluster.md)");
+  }
   if (rc == SQLITE_OK &&
       !((type == SQLITE_INTEGER || type == SQLITE_FLOAT) && isfinite(timeout) && timeout >= 0)) {
     rc = chanlite_fail(c, SQLITE_MISMATCH,

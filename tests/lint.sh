@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-c_files=(ext/*.c ext/*.h tests/*.c tests/c/*.c tests/c/*.h tests/fuzz/*.c tests/fuzz/*.h bench/*.c)
+c_files=(ext/*.c ext/*.h node/*.c node/*.h tests/*.c tests/c/*.c tests/c/*.h tests/fuzz/*.c tests/fuzz/*.h bench/*.c)
 # Another clang-format version formats some lines differently: use Debian's 14.
 clang_format=$(command -v clang-format-14 || command -v clang-format || true)
 if [ -z "$clang_format" ]; then
