@@ -24,6 +24,8 @@ nox.options.default_venv_backend = "venv"
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = False
+# `nox` alone runs the corners; tests/run-all.sh runs the cluster session in a step of its own.
+nox.options.sessions = ["tests"]
 
 #: (Python, Django): the oldest pair and the newest pair the package supports.
 CORNERS = [("3.10", "5.2"), ("3.13", "6.1")]
@@ -56,4 +58,37 @@ def tests(session: nox.Session, django: str) -> None:
         "print('python', sys.version.split()[0], 'django', django.__version__, "
         "'channels', channels.__version__, 'chanlite', chanlite.__file__)",
     )
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+    # The cluster parametrizations need chanlite-node: the session below runs them.
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not cluster",
+        *session.posargs,
+    )
+
+
+@nox.session(name="cluster", python=_interpreter("3.13"))
+def cluster(session: nox.Session) -> None:
+    """The layer's contract tests on a 3-node dqlite cluster, then its fault
+    tests (tests/cluster): Python 3.13 only (dqlite-client), with
+    build/node/chanlite-node (or $CHANLITE_NODE)."""
+    session.install("-r", "tests/requirements.txt")
+    session.install(".[cluster]", "django==6.1.*")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "cluster",
+        "tests/python/test_layer.py",
+        "tests/python/test_cancellation.py",
+        *session.posargs,
+    )

@@ -20,7 +20,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # clang and its runtimes build the libFuzzer targets (tests/fuzz.sh);
 # clang-format checks the C style (tests/lint.sh).
 debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium
-      chromium-driver clang libclang-rt-14-dev clang-format)
+      chromium-driver clang libclang-rt-14-dev clang-format libdqlite-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,6 +63,12 @@ if [ -d tests/python ]; then
   env -u CHANLITE_EXTENSION -u PYTHONPATH python3 -m nox --non-interactive
   # The package on the system python3 too, for the steps that follow.
   python3 -m pip install -q --disable-pip-version-check .
+
+  # The layer on a 3-node dqlite cluster (chanlite-node from this build):
+  # the contract tests' cluster parametrization and the fault tests, on
+  # Python 3.13 only (dqlite-client needs it).
+  echo "== python: the layer on a dqlite cluster (nox -s cluster)"
+  env -u CHANLITE_EXTENSION -u PYTHONPATH python3 -m nox --non-interactive -s cluster
 
   echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
   tests/channels_suite.sh

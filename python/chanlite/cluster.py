@@ -46,11 +46,11 @@ node's port + 1): ``watch <queue>`` subscribes to a queue, ``ring <queue>...``
 sends ``<queue>`` to its watchers. A layer keeps a connection to every hub:
 after each commit it rings every node with the queues it wrote to, and it
 watches the queues it receives from on one hub (moving to another when that
-one goes away). A watch is acknowledged by ringing the queue on the same
-connection right after it, so a receiver looks only once its watch is in
-place. Rings cost nothing while idle; a ring lost with a connection is
-covered by kicking every receiver whenever a hub connection is made again,
-and by a slow safety re-check (``recheck`` seconds, 5 by default).
+one goes away). A receiver looks only once the hub has answered ``ok
+watch``, so a commit after its look always rings it. Rings cost nothing
+while idle; a ring lost with a connection is covered by kicking every
+receiver whenever a hub connection is made again, and by a slow safety
+re-check (``recheck`` seconds, 5 by default).
 """
 
 from __future__ import annotations
@@ -225,9 +225,7 @@ class _Session:
         self.watched: set[str] = set()
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.thread = threading.Thread(
-            target=self._run_loop, name="chanlite-cluster", daemon=True
-        )
+        self.thread = threading.Thread(target=self._run_loop, name="chanlite-cluster", daemon=True)
         self.thread.start()
 
     # -- from any thread --
@@ -242,7 +240,16 @@ class _Session:
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(
+                    asyncio.gather(*asyncio.all_tasks(self.loop), return_exceptions=True)
+                )
+            self.loop.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
@@ -353,9 +360,7 @@ class _Session:
             self.conn.terminate()
             self.conn = None
 
-    async def _transact(
-        self, batch: list[_Call], started: float
-    ) -> list[tuple[bool, Any]]:
+    async def _transact(self, batch: list[_Call], started: float) -> list[tuple[bool, Any]]:
         """One transaction for the batch: per call (failed, result)."""
         conn = await self._connection()
         outcome = secrets.token_hex(16)
@@ -424,8 +429,7 @@ class _Session:
                     raise _Retry(e) from e
                 raise
             logger.warning(
-                "chanlite: cluster: the COMMIT was cut off (%s) but had committed: "
-                "delivered once",
+                "chanlite: cluster: the COMMIT was cut off (%s) but had committed: delivered once",
                 e,
             )
         if wrote:
@@ -464,9 +468,7 @@ class _Session:
         while True:
             try:
                 conn = await self._connection()
-                rows = await conn.fetchall(
-                    "SELECT 1 FROM chanlite_outcome WHERE id = ?", [outcome]
-                )
+                rows = await conn.fetchall("SELECT 1 FROM chanlite_outcome WHERE id = ?", [outcome])
                 return bool(rows)
             except Exception as e:
                 if not _retryable(e) and not (
@@ -603,6 +605,7 @@ class _Session:
                 task.cancel()
 
     def stop(self) -> None:
+        """Stop the loop (after shutdown()); its thread then closes it."""
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
@@ -653,22 +656,19 @@ class _Hub:
         return True
 
     async def watch(self, queues: Sequence[str]) -> None:
-        """Watch queues; return once the hub has them. The hub answers lines
-        in order, so ringing each queue right after its watch comes back as
-        the acknowledgement."""
+        """Watch queues; return once the hub has answered ``ok watch`` for
+        each: rings from then on reach this connection."""
         if not queues:
             return
         if not self.up or self.writer is None:
             raise OSError(f"wake hub {self.address} is not connected")
         loop = asyncio.get_running_loop()
         waits = []
-        lines = []
         for queue in queues:
             fut: asyncio.Future[None] = loop.create_future()
             self.acks.setdefault(queue, []).append(fut)
             waits.append(fut)
-            lines.append(f"watch {queue}\nring {queue}\n")
-        self.writer.write("".join(lines).encode())
+        self.writer.write("".join(f"watch {queue}\n" for queue in queues).encode())
         await asyncio.wait_for(asyncio.gather(*waits), WATCH_ACK_TIMEOUT)
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -678,12 +678,15 @@ class _Hub:
                 line = await reader.readline()
                 if not line:
                     break
-                queue = line.decode(errors="replace").strip()
-                for fut in self.acks.pop(queue, ()):
-                    if not fut.done():
-                        fut.set_result(None)
-                if queue:
-                    self.session.host.kick(queue)
+                text = line.decode(errors="replace").strip()
+                if text.startswith("ok watch "):
+                    for fut in self.acks.pop(text[9:], ()):
+                        if not fut.done():
+                            fut.set_result(None)
+                elif text.startswith("error"):
+                    logger.warning("chanlite: cluster: wake hub %s: %s", self.address, text)
+                elif text and not text.startswith(("ok ", "pong")):
+                    self.session.host.kick(text)
         except (OSError, asyncio.IncompleteReadError) as e:
             error = e
         if self.writer is writer:
@@ -805,7 +808,7 @@ class ClusterTransport:
             session = self._session
             if session is None or session.pid != os.getpid():
                 session = self._session = _Session(self)
-                session.run(session.recheck())
+                session.loop.call_soon_threadsafe(session._spawn, session.recheck())
             return session
 
     async def _do(self, kind: str, sql: str, params: list[Any], name: str) -> Any:

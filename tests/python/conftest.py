@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import django
 import pytest
@@ -26,6 +27,7 @@ from django.conf import settings
 import chanlite
 from chanlite.layer import SQLiteChannelLayer
 from helpers import free_ports
+from transports import new_layer
 
 DJANGO_DIR = Path(tempfile.mkdtemp(prefix="chanlite-django-"))
 
@@ -57,10 +59,28 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "layer.sqlite3")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "cluster: runs on a 3-node dqlite cluster (Python >= 3.13 and chanlite-node; "
+        "the nox session 'cluster' runs them, the corners deselect them)",
+    )
+
+
+@pytest.fixture(scope="session")
+def dqlite_cluster() -> Iterator[Any]:
+    """Three chanlite-node processes on 127.0.0.1, .2 and .3 (tests/cluster/nodes.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+    from nodes import Cluster
+
+    with Cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
 async def layer(db_path: str) -> AsyncIterator[SQLiteChannelLayer]:
     """A layer with capacity 3 (as channels_redis's tests), flushed and closed after."""
-    instance = SQLiteChannelLayer(path=db_path, capacity=3)
+    instance = new_layer(db_path, capacity=3)
     yield instance
     await instance.flush()
     await instance.close()
