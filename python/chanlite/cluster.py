@@ -471,12 +471,10 @@ class _Session:
                 rows = await conn.fetchall("SELECT 1 FROM chanlite_outcome WHERE id = ?", [outcome])
                 return bool(rows)
             except Exception as e:
-                if not _retryable(e) and not (
-                    isinstance(e, OperationalError) and "no such table" in _server_text(e)
-                ):
-                    raise
                 if isinstance(e, OperationalError) and "no such table" in _server_text(e):
                     return False  # the schema itself never committed
+                if not isinstance(e, _Retry) and not _retryable(e):
+                    raise
                 self._drop()
                 attempt += 1
                 elapsed = time.monotonic() - started
