@@ -18,9 +18,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # PyPI, which uses this chromium and never downloads one) and chromium-driver
 # for the Selenium tests (ChannelsLiveServerTestCase, ours and channels' own).
 # clang and its runtimes build the libFuzzer targets (tests/fuzz.sh);
-# clang-format checks the C style (tests/lint.sh).
+# clang-format checks the C style (tests/lint.sh). libdqlite-dev builds
+# chanlite-node (node/, docs/cluster.md); go-dqlite brings the dqlite shell
+# its tests use.
 debs=(gcc pkg-config libsqlite3-dev sqlite3 libcmocka-dev valgrind chromium
-      chromium-driver clang libclang-rt-14-dev clang-format libdqlite-dev)
+      chromium-driver clang libclang-rt-14-dev clang-format libdqlite-dev go-dqlite)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,6 +47,10 @@ meson compile -C build
 
 echo "== meson test"
 meson test -C build --print-errorlogs
+
+# About 10 s: three chanlite-node processes on 127.0.0.1-3 (tests/cluster/nodes.py).
+echo "== chanlite-node on a local three-node dqlite cluster (tests/cluster/test_node.py)"
+CHANLITE_REQUIRE_NODE=1 python3 -m pytest tests/cluster/test_node.py -q -p no:cacheprovider
 
 echo "== sanitizers and valgrind"
 tests/sanitize.sh

@@ -95,7 +95,7 @@ class Cluster:
         self,
         size: int = 3,
         workdir: str | Path | None = None,
-        latency_ms: int = 20,
+        latency_ms: int | None = 20,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
@@ -135,8 +135,7 @@ class Cluster:
             node.address,
             "--data",
             str(node.data),
-            "--latency-ms",
-            str(self.latency_ms),
+            *(["--latency-ms", str(self.latency_ms)] if self.latency_ms else []),
             *self.extra_args,
         ]
         if node.id != 1:
@@ -219,6 +218,20 @@ class Cluster:
     def restart(self, which: Node | int) -> Node:
         node = self.kill(which)
         self._spawn(node)
+        return node
+
+    def add_node(self, timeout: float = 60.0) -> Node:
+        """Starts one more node (the next loopback address), which joins as a voter."""
+        if len(self.nodes) == len(HOSTS):
+            raise ValueError(f"at most {len(HOSTS)} nodes")
+        n = len(self.nodes) + 1
+        port = self.nodes[0].port
+        if not _free_on_all((HOSTS[n - 1],), port):
+            raise RuntimeError(f"port {port} or {port + 1} is taken on {HOSTS[n - 1]}")
+        node = Node(n, HOSTS[n - 1], port, self.workdir / f"node{n}", self.workdir / f"node{n}.log")
+        self.nodes.append(node)
+        self._spawn(node)
+        self.wait_ready(timeout)
         return node
 
     def stop(self, cleanup: bool = True) -> None:

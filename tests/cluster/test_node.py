@@ -83,6 +83,13 @@ def depth_on_every_node(cluster: Cluster, channel: str) -> dict[int, int]:
     return depths
 
 
+def wait_for_log(node: Node, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in node.log.read_text():
+        assert time.monotonic() < deadline, f"node {node.id} never logged {text!r}"
+        time.sleep(0.02)
+
+
 def assert_all_up(cluster: Cluster) -> None:
     for node in cluster.nodes:
         assert node.running, node.log.read_text()
@@ -94,11 +101,11 @@ def test_nodes_join_as_voters_and_log_their_roles(cluster: Cluster) -> None:
     with wire.Connection(leader.address) as c:
         members = sorted(c.cluster())
     assert members == [(n.id, n.address, "voter") for n in cluster.nodes]
-    assert "role: leader" in leader.log.read_text()
+    wait_for_log(leader, "role: leader")
     for node in cluster.followers():
-        log = node.log.read_text()
-        assert "join: joined the cluster as a voter" in log
-        assert f"role: follower (leader: node {leader.id} at {leader.address})" in log
+        wait_for_log(node, "join: joined the cluster as a voter")
+        # A node logs its role when its next poll (every 250 ms) sees it.
+        wait_for_log(node, f"role: follower (leader: node {leader.id} at {leader.address})")
 
 
 REFUSED = [
@@ -192,6 +199,26 @@ def test_sigterm_hands_leadership_over_and_the_node_rejoins(cluster: Cluster) ->
     cluster.restart(leader)
     cluster.wait_ready()
     assert depth_on_every_node(cluster, "handover") == {1: 1, 2: 1, 3: 1}
+
+
+@pytest.mark.skipif(shutil.which("dqlite") is None, reason="no dqlite shell (apt-get go-dqlite)")
+def test_a_node_is_added_then_removed(cluster: Cluster) -> None:
+    fourth = cluster.add_node()
+    with wire.Connection(cluster.leader().address) as c:
+        assert (fourth.id, fourth.address, "voter") in c.cluster()
+    # As docs/cluster.md says: stop it, then remove it with the dqlite shell.
+    cluster.stop_node(fourth)
+    done = subprocess.run(
+        ["dqlite", "-s", ",".join(cluster.addresses[:3]), DB, f".remove {fourth.address}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cluster.nodes.remove(fourth)
+    with wire.Connection(cluster.leader().address) as c:
+        assert sorted(c.cluster()) == [(n.id, n.address, "voter") for n in cluster.nodes]
+        send(c, c.open(DB), "three-again", "served")
 
 
 def test_the_whole_cluster_restarts_with_its_data(cluster: Cluster) -> None:
