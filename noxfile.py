@@ -88,7 +88,6 @@ def cluster(session: nox.Session) -> None:
         "no:cacheprovider",
         "-m",
         "cluster",
-        "tests/python/test_layer.py",
-        "tests/python/test_cancellation.py",
+        "tests/python",
         *session.posargs,
     )

@@ -1,10 +1,11 @@
 """One process of the cluster fault test (test_cluster_faults.py).
 
-    python cluster_traffic.py ME PEER COUNT ADDRESS...
+    python cluster_traffic.py ME PEER ADDRESS...
 
 Receives on channel ``q-ME`` and on a process-specific channel that is the
-one member of group ``g-ME``; sends COUNT messages to ``q-PEER``, and every
-third one also to group ``g-PEER``. Prints JSON lines as it goes:
+one member of group ``g-ME``; once it reads ``go`` on stdin, sends messages
+to ``q-PEER``, and every third one also to group ``g-PEER``, until it reads
+``stop``. Prints JSON lines as it goes:
 ``{"ready": true}`` once its group membership is stored, ``{"acked": kind,
 "i": i, "t": time}`` for every send the layer acknowledged, ``{"failed":
 kind, "i": i, "error": ...}`` for every one that raised, ``{"got": kind,
@@ -27,12 +28,14 @@ def emit(**line: Any) -> None:
     print(json.dumps(line), flush=True)
 
 
-async def main(me: str, peer: str, count: int, addresses: list[str]) -> None:
+async def main(me: str, peer: str, addresses: list[str]) -> None:
     layer = SQLiteChannelLayer(cluster=addresses, capacity=100_000, lock_timeout=120)
     mine = await layer.new_channel()
     await layer.group_add(f"g-{me}", mine)
     emit(ready=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # "go"
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # "go"
+    stop = loop.run_in_executor(None, sys.stdin.readline)  # "stop"
 
     async def receive(channel: str) -> None:
         while True:
@@ -57,10 +60,12 @@ async def main(me: str, peer: str, count: int, addresses: list[str]) -> None:
         emit(acked=kind, i=i, t=time.time())
 
     receivers = [asyncio.create_task(receive(f"q-{me}")), asyncio.create_task(receive(mine))]
-    for i in range(count):
+    i = 0
+    while not stop.done():
         await send("send", i)
         if i % 3 == 0:
             await send("group", i)
+        i += 1
     # The peer stops receiving at these; retried until they are through.
     for target in (f"q-{peer}", None):
         while True:
@@ -78,4 +83,4 @@ async def main(me: str, peer: str, count: int, addresses: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))

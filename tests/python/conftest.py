@@ -9,6 +9,7 @@ channel layer on that same database (the transactional outbox form).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -118,10 +119,27 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
 def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
     """The ports of two running demo servers; both are stopped at teardown.
     Each server's output goes to daphne-<port>.log in tmp_path."""
-    ports = free_ports(2)
-    env = {
+    env = {"CHANLITE_DB": str(tmp_path / "channels.sqlite3")}
+    with serve_demo(tmp_path, [env, env]) as ports:
+        yield ports
+
+
+@pytest.fixture
+def demo_servers_with(
+    tmp_path: Path,
+) -> Callable[[list[dict[str, str]]], contextlib.AbstractContextManager[list[int]]]:
+    """serve_demo(tmp_path, envs), for tests that start servers of their own."""
+    return lambda envs: serve_demo(tmp_path, envs)
+
+
+@contextlib.contextmanager
+def serve_demo(tmp_path: Path, envs: list[dict[str, str]]) -> Iterator[list[int]]:
+    """One demo server (daphne) per entry of envs, with those variables set,
+    each on a free port: their ports, once every one answers. Each server's
+    output goes to daphne-<port>.log in tmp_path; all are stopped on exit."""
+    ports = free_ports(len(envs))
+    base = {
         **os.environ,
-        "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),
         "DJANGO_SETTINGS_MODULE": "mysite.settings",
         "PYTHONPATH": os.pathsep.join(
             [str(DEMO), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
@@ -131,13 +149,13 @@ def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
     logs = [tmp_path / f"daphne-{port}.log" for port in ports]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port, log in zip(ports, logs, strict=True):
+        for port, log, env in zip(ports, logs, envs, strict=True):
             with log.open("wb") as out:
                 procs.append(
                     subprocess.Popen(
                         [*daphne, "-p", str(port), "mysite.asgi:application"],
                         cwd=tmp_path,
-                        env=env,
+                        env={**base, **env},
                         stdout=out,
                         stderr=subprocess.STDOUT,
                     )
