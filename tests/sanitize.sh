@@ -57,6 +57,17 @@ if { [ -f "$asan_dir/build.ninja" ] || \
 else
   failed+=("ASan+UBSan ($asan_dir)")
 fi
+# chanlite-node built with them, on three local nodes (about 15 s): a
+# sanitizer report kills a node or fails its graceful stop, which the tests check.
+if [ -x "$asan_dir/node/chanlite-node" ]; then
+  echo "== chanlite-node under ASan+UBSan (tests/cluster/test_node.py)"
+  if CHANLITE_NODE="$asan_dir/node/chanlite-node" CHANLITE_REQUIRE_NODE=1 \
+     python3 -m pytest tests/cluster/test_node.py -q -p no:cacheprovider; then
+    echo "   chanlite-node under ASan+UBSan: passed"
+  else
+    failed+=("chanlite-node under ASan+UBSan")
+  fi
+fi
 
 echo "== valgrind ($valgrind_dir)"
 # fork()ed children run under valgrind too (no exec, so no --trace-children

@@ -234,21 +234,24 @@ class Cluster:
         self.wait_ready(timeout)
         return node
 
-    def stop(self, cleanup: bool = True) -> None:
-        """SIGTERM every node and waits; cleanup=False keeps the data to start again."""
-        for node in self.nodes:
-            if node.running:
-                node.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        for node in self.nodes:
-            if node.process is not None:
-                try:
-                    node.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait()
+    def stop(self, cleanup: bool = True) -> dict[int, int]:
+        """SIGTERM every running node and waits; returns their exit statuses (0 for a
+        graceful stop). cleanup=False keeps the data to start again."""
+        stopped = [n for n in self.nodes if n.running]
+        for node in stopped:
+            node.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        statuses = {}
+        for node in stopped:
+            assert node.process is not None
+            try:
+                statuses[node.id] = node.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                statuses[node.id] = node.process.wait()
         if cleanup and self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        return statuses
 
     def __enter__(self) -> Cluster:
         try:
