@@ -111,6 +111,8 @@ PAUSE_MAX = 0.5
 #: A leader busy with another client's transaction is retried quietly for
 #: this long (the local transport's busy timeout), then with warnings.
 QUIET_BUSY = 5.0
+#: Rings kept for a hub while its connection is being made.
+MAX_PENDING_RINGS = 1000
 #: Seconds to wait for a hub to acknowledge a watch.
 WATCH_ACK_TIMEOUT = 1.0
 
@@ -256,6 +258,13 @@ class _Session:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def start(self) -> None:
+        """Connect to every hub now, so that the first rings go out at once."""
+        self._spawn(self.recheck())
+        for address in self.transport.hub_addresses:
+            hub = self._hub(address)
+            hub.connecting = self._spawn(hub.connect())
 
     def _add(self, call: _Call) -> None:
         self.pending.append(call)
@@ -522,12 +531,16 @@ class _Session:
 
     async def watch(self, queue: str) -> None:
         """Have a hub watch queue (acknowledged) before a receiver looks."""
-        if queue in self.watched and self.watch_hub is not None and self.watch_hub.up:
+        hub = self.watch_hub
+        if queue in self.watched and hub is not None and hub.up:
             return
         self.watched.add(queue)
-        if self.watch_hub is not None and self.watch_hub.up:
-            await self.watch_hub.watch([queue])
-            return
+        if hub is not None and hub.up:
+            try:
+                await hub.watch([queue])
+                return
+            except (OSError, TimeoutError) as e:
+                hub.lost(e)
         await self._choose_watch_hub()
 
     async def _choose_watch_hub(self) -> None:
@@ -618,18 +631,24 @@ class _Hub:
         self.writer: asyncio.StreamWriter | None = None
         self.connecting: asyncio.Task[bool] | None = None
         self.acks: dict[str, list[asyncio.Future[None]]] = {}
+        #: Rings written while the connection was being made: sent once it is.
+        self.pending: list[bytes] = []
         self.up = False
         self.failures = 0
 
     def write(self, line: bytes) -> None:
-        """Fire and forget; a hub not connected gets its connection made in
-        the background (its watchers look again when they come back)."""
+        """Fire and forget. To a hub not connected yet, the line goes once
+        the connection is made (in the background); a hub that cannot be
+        reached drops it (its watchers are moving to another hub, and look
+        again when they do)."""
         if self.up and self.writer is not None:
             try:
                 self.writer.write(line)
             except (OSError, RuntimeError) as e:
                 self.lost(e)
             return
+        if len(self.pending) < MAX_PENDING_RINGS:
+            self.pending.append(line)
         if self.connecting is None or self.connecting.done():
             self.connecting = self.session._spawn(self.connect())
 
@@ -642,6 +661,7 @@ class _Hub:
             )
         except (OSError, TimeoutError) as e:
             self.failures += 1
+            self.pending.clear()
             if self.failures == 1:
                 logger.warning("chanlite: cluster: wake hub %s: %s", self.address, e)
             return False
@@ -649,6 +669,8 @@ class _Hub:
             writer.close()
             return True
         self.writer, self.up, self.failures = writer, True, 0
+        pending, self.pending = self.pending, []
+        writer.write(b"".join(pending))
         self.session._spawn(self._read(reader, writer))
         self.session.host.kick(None)  # rings may have been lost while it was down
         return True
@@ -806,7 +828,7 @@ class ClusterTransport:
             session = self._session
             if session is None or session.pid != os.getpid():
                 session = self._session = _Session(self)
-                session.loop.call_soon_threadsafe(session._spawn, session.recheck())
+                session.loop.call_soon_threadsafe(session.start)
             return session
 
     async def _do(self, kind: str, sql: str, params: list[Any], name: str) -> Any:
