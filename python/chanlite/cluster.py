@@ -89,12 +89,13 @@ try:
         OperationalError,
         ProtocolError,
     )
+    from dqlitewire.constants import LEADER_ERROR_CODES, LEADER_LOST_DB_LOOKUP_SUBSTRING
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "chanlite: CONFIG 'cluster' needs dqlite-client: pip install 'chanlite[cluster]'"
     ) from e
 
-__all__ = ["ClusterTransport", "ClusterUnavailable", "OutcomeUnknown"]
+__all__ = ["ClusterDiskError", "ClusterTransport", "ClusterUnavailable", "OutcomeUnknown"]
 
 logger = logging.getLogger("chanlite")
 
@@ -117,11 +118,19 @@ MAX_PENDING_RINGS = 1000
 WATCH_ACK_TIMEOUT = 1.0
 
 SQLITE_BUSY = 5
+SQLITE_IOERR = 10
+SQLITE_NOTFOUND = 12
+SQLITE_FULL = 13
 
 
 class ClusterUnavailable(Exception):
     """No leader answered for lock_timeout seconds: nothing was done, so the
     call may be retried."""
+
+
+class ClusterDiskError(Exception):
+    """The leader could not write its log (a full disk): nothing was
+    committed; retry once the nodes have space."""
 
 
 class OutcomeUnknown(Exception):
@@ -160,15 +169,33 @@ def _retryable(error: BaseException) -> bool:
     if isinstance(error, TimeoutError):
         return True
     if isinstance(error, OperationalError) and not _is_chanlite(error):
-        code = error.code & 0xFF
-        # BUSY: another client's transaction; IOERR: dqlite's not-leader and
-        # leadership-lost codes (and a node's disk trouble, which another leader may not have).
-        return code in (SQLITE_BUSY, 10)
+        # BUSY: another client's transaction holds the leader's write lock.
+        if error.code in LEADER_ERROR_CODES or error.code & 0xFF == SQLITE_BUSY:
+            return True
+        # What dqlite says when leadership moved while it opened the database.
+        text = _server_text(error).lower()
+        return error.code == SQLITE_NOTFOUND and text.startswith(LEADER_LOST_DB_LOOKUP_SUBSTRING)
     return False
+
+
+def _disk_error(error: BaseException) -> bool:
+    """The leader could not write its Raft log (SQLITE_IOERR that is not a
+    leader change, or SQLITE_FULL): a full or failing disk."""
+    return (
+        isinstance(error, OperationalError)
+        and error.code not in LEADER_ERROR_CODES
+        and error.code & 0xFF in (SQLITE_IOERR, SQLITE_FULL)
+    )
 
 
 def _translate(error: BaseException, name: str) -> BaseException:
     """A chanlite error as the layer raises it (see chanlite.transport)."""
+    if isinstance(error, OperationalError) and _disk_error(error):
+        return ClusterDiskError(
+            f"chanlite: the cluster's leader cannot write ({_server_text(error)}, code "
+            f"{error.code}): is a node's disk full? Nothing was committed; free space on "
+            "the nodes and retry"
+        )
     if not isinstance(error, OperationalError):
         return error
     text = _server_text(error)

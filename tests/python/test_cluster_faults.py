@@ -196,3 +196,59 @@ def test_dead_address_first_still_finds_the_leader(cluster: Any) -> None:
         return got
 
     assert asyncio.run(use()) == list(range(5))
+
+
+#: Each node's disk in the disk-full test: room for dqlite's two
+#: preallocated 8 MB log segments and a few more megabytes of messages.
+SMALL_DISK = "24m"
+
+#: Stands in for chanlite-node: runs it in a mount namespace of its own with
+#: its --data directory on a SMALL_DISK tmpfs (as tests/c/exhaustion.c does
+#: for a file; needs root). Every step execs, so the pid stays the node's.
+SMALL_DISK_NODE = """#!/bin/sh
+data=
+prev=
+for arg in "$@"; do
+  [ "$prev" = --data ] && data=$arg
+  prev=$arg
+done
+mkdir -p "$data"
+exec unshare -m --propagation private sh -c \
+  'mount -t tmpfs -o size={size} chanlite-full "$0" && exec "$@"' "$data" {node} "$@"
+"""
+
+
+def test_full_disks_give_a_clear_error(tmp_path: Path) -> None:
+    """Every node's data on a small tmpfs: 1 MB sends fail, once the disks
+    are full, with an error that says so (ClusterDiskError), having had
+    the ones before acknowledged. (What a node does next is libdqlite's:
+    docs/cluster.md, "What a node's loss costs the layer".)"""
+    from nodes import Cluster, node_binary
+
+    from chanlite.cluster import ClusterDiskError
+
+    wrapper = tmp_path / "small-disk-node"
+    wrapper.write_text(SMALL_DISK_NODE.format(size=SMALL_DISK, node=node_binary()))
+    wrapper.chmod(0o755)
+
+    async def fill(addresses: list[str]) -> tuple[int, BaseException]:
+        layer = SQLiteChannelLayer(cluster=addresses, capacity=10_000, lock_timeout=20)
+        body = b"x" * 1_000_000
+        try:
+            for i in range(200):
+                try:
+                    await layer.send("fill", {"type": "m", "i": i, "body": body})
+                except Exception as e:
+                    return i, e
+            raise AssertionError("200 MB fitted on 24 MB disks")
+        finally:
+            await layer.close()
+
+    (tmp_path / "nodes").mkdir()
+    with Cluster(workdir=tmp_path / "nodes", binary=str(wrapper)) as cluster:
+        acked, error = asyncio.run(fill(cluster.addresses))
+    print(f"disks full after {acked} acknowledged 1 MB sends: {error!r}")
+    assert isinstance(error, ClusterDiskError), repr(error)
+    assert str(error).startswith("chanlite: the cluster's leader cannot write"), str(error)
+    assert "disk full" in str(error)
+    assert acked > 0
