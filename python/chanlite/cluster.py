@@ -172,6 +172,8 @@ def _retryable(error: BaseException) -> bool:
         # BUSY: another client's transaction holds the leader's write lock.
         if error.code in LEADER_ERROR_CODES or error.code & 0xFF == SQLITE_BUSY:
             return True
+        if _server_text(error) == "barrier error":
+            return True  # a leader that could not commit its barrier: changing, or a full disk
         # What dqlite says when leadership moved while it opened the database.
         text = _server_text(error).lower()
         return error.code == SQLITE_NOTFOUND and text.startswith(LEADER_LOST_DB_LOOKUP_SUBSTRING)
@@ -191,11 +193,7 @@ def _disk_error(error: BaseException) -> bool:
 def _translate(error: BaseException, name: str) -> BaseException:
     """A chanlite error as the layer raises it (see chanlite.transport)."""
     if isinstance(error, OperationalError) and _disk_error(error):
-        return ClusterDiskError(
-            f"chanlite: the cluster's leader cannot write ({_server_text(error)}, code "
-            f"{error.code}): is a node's disk full? Nothing was committed; free space on "
-            "the nodes and retry"
-        )
+        return _disk_failure(error, "")
     if not isinstance(error, OperationalError):
         return error
     text = _server_text(error)
@@ -204,6 +202,14 @@ def _translate(error: BaseException, name: str) -> BaseException:
     if text.startswith(("chanlite: invalid channel name", "chanlite: invalid group name")):
         return TypeError(text)
     return error
+
+
+def _disk_failure(error: OperationalError, how_long: str) -> ClusterDiskError:
+    return ClusterDiskError(
+        f"chanlite: the cluster's leader cannot write{' ' + how_long if how_long else ''} "
+        f"({_server_text(error)}, code {error.code}): is a node's disk full? Nothing was "
+        "committed; free space on the nodes and retry"
+    )
 
 
 def _queue_of(channel: str) -> str:
@@ -329,11 +335,16 @@ class _Session:
                         attempt,
                         retry.cause,
                     )
-                    error = ClusterUnavailable(
+                    error: Exception = ClusterUnavailable(
                         f"chanlite: no cluster leader answered for {elapsed:.1f} s "
                         f"({attempt} attempts, lock_timeout {transport.lock_timeout} s): "
                         f"{retry.cause}; nothing was done, so it may be retried"
                     )
+                    cause = retry.cause
+                    if isinstance(cause, OperationalError) and _server_text(cause) == (
+                        "barrier error"
+                    ):
+                        error = _disk_failure(cause, f"for {elapsed:.1f} s")
                     for call in batch:
                         call.future.set_exception(error)
                     return
@@ -911,7 +922,7 @@ class ClusterTransport:
             raise
 
     def pause_before_retry(self, error: Exception, attempt: int, what: str) -> float | None:
-        if not isinstance(error, ClusterUnavailable | DqliteError):
+        if not isinstance(error, ClusterUnavailable | ClusterDiskError | DqliteError):
             return None
         pause = _pause(attempt + 4)
         logger.warning("chanlite: %s: %s; retry %d in %.0f ms", what, error, attempt, pause * 1000)
