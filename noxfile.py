@@ -59,35 +59,23 @@ def tests(session: nox.Session, django: str) -> None:
         "'channels', channels.__version__, 'chanlite', chanlite.__file__)",
     )
     # The cluster parametrizations need chanlite-node: the session below runs them.
+    _pytest(session, "not cluster")
+
+
+def _pytest(session: nox.Session, markers: str) -> None:
+    """pytest (testpaths: tests/python) on the tests the marker expression selects."""
     session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "not cluster",
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", markers,
         *session.posargs,
-    )
+    )  # fmt: skip
 
 
 @nox.session(name="cluster", python=_interpreter("3.13"))
 def cluster(session: nox.Session) -> None:
-    """The layer's contract tests on a 3-node dqlite cluster, then its fault
-    tests (tests/cluster): Python 3.13 only (dqlite-client), with
+    """The layer on a 3-node dqlite cluster: the contract tests' cluster
+    parametrization, the fault tests and the demo's browser test (marker
+    ``cluster``). Python 3.13 only (dqlite-client), with
     build/node/chanlite-node (or $CHANLITE_NODE)."""
     session.install("-r", "tests/requirements.txt")
     session.install(".[cluster]", "django==6.1.*")
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "cluster",
-        "tests/python",
-        *session.posargs,
-    )
+    _pytest(session, "cluster")
