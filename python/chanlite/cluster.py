@@ -526,10 +526,11 @@ class _Session:
                 attempt += 1
                 elapsed = time.monotonic() - started
                 if not patient and elapsed > self.transport.lock_timeout:
+                    disk = " (is a node's disk full?)" if _disk_error(error) else ""
                     raise OutcomeUnknown(
-                        f"chanlite: the cluster lost the connection during COMMIT ({error}) "
-                        f"and no leader could say within {self.transport.lock_timeout} s "
-                        "whether it committed: the message may have been sent"
+                        f"chanlite: the cluster lost the connection during COMMIT ({error}"
+                        f"{disk}) and no leader could say within {self.transport.lock_timeout} "
+                        "s whether it committed: the message may have been sent"
                     ) from e
                 pause = _pause(attempt)
                 logger.warning(
