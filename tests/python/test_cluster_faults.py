@@ -204,7 +204,7 @@ SMALL_DISK = "24m"
 
 #: Stands in for chanlite-node: runs it in a mount namespace of its own with
 #: its --data directory on a SMALL_DISK tmpfs (as tests/c/exhaustion.c does
-#: for a file; needs root). Every step execs, so the pid stays the node's.
+#: for a file). Every step execs, so the pid stays the node's.
 SMALL_DISK_NODE = """#!/bin/sh
 data=
 prev=
@@ -213,7 +213,10 @@ for arg in "$@"; do
   prev=$arg
 done
 mkdir -p "$data"
-exec unshare -m --propagation private sh -c \
+# Root makes a mount namespace; anyone else one inside a user namespace of
+# their own, where allowed.
+user=; [ "$(id -u)" = 0 ] || user=--map-root-user
+exec unshare $user -m --propagation private sh -c \
   'mount -t tmpfs -o size={size} chanlite-full "$0" && exec "$@"' "$data" {node} "$@"
 """
 
