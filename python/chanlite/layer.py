@@ -223,9 +223,9 @@ class SQLiteChannelLayer(BaseChannelLayer):
         return int(getattr(self.transport, "loop_fallbacks", 0))
 
     @property
-    def lock(self) -> threading.Lock:
-        """Guards the receivers and the transport's state (see
-        chanlite.transport.Host)."""
+    def receive_lock(self) -> threading.Lock:
+        """Guards the receivers, and the transport's waking state and
+        connections (see chanlite.transport.Host)."""
         return self._lock
 
     # ---- encoding ----

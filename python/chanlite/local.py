@@ -377,7 +377,7 @@ class LocalTransport:
             conn = self.open_connection()
             tls.conn = conn
             tls.clock_generation = -1
-            with self._layer.lock:
+            with self._layer.receive_lock:
                 self._connections.append(conn)
         self._configure(conn)  # again after a failure (a locked database)
         if tls.clock_generation != self._clock_generation:
@@ -451,7 +451,7 @@ class LocalTransport:
         call = functools.partial(self._gated, fn, *args)
         if self._memory is not None:
             return loop.run_in_executor(self._memory.executor, call)
-        with self._layer.lock:
+        with self._layer.receive_lock:
             if self._executor is None:
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self._layer.threads, thread_name_prefix="chanlite"
@@ -566,7 +566,7 @@ class LocalTransport:
         loop_conn = self._loop_conns.get(ident, _OPENING)
         if loop_conn is _OPENING:
             if ident not in self._loop_conns:
-                with self._layer.lock:
+                with self._layer.receive_lock:
                     self._loop_conns[ident] = _OPENING
                 opening = self._submit(self._open_loop_connection)
                 opening.add_done_callback(
@@ -596,14 +596,14 @@ class LocalTransport:
         except BaseException:
             conn.close()
             raise
-        with self._layer.lock:
+        with self._layer.receive_lock:
             self._connections.append(conn)
         return conn
 
     def _loop_connection_opened(
         self, ident: int, epoch: int, opening: asyncio.Future[sqlite3.Connection | None]
     ) -> None:
-        with self._layer.lock:
+        with self._layer.receive_lock:
             if epoch != self._epoch or self._loop_conns.get(ident) is not _OPENING:
                 return  # the layer was closed meanwhile: close() closes it
             if opening.cancelled() or opening.exception() is not None:
@@ -649,7 +649,7 @@ class LocalTransport:
         so a cancellation waits for it and hands what it popped to keep()
         before ending."""
         rows = self._try_on_loop(self._recv_batch_on, queue, want)
-        if rows is not _ON_POOL:
+        if not isinstance(rows, _OnPool):  # (mypy does not narrow `is not _ON_POOL`)
             return rows
         fut = self._submit(self._sync_recv_batch, queue, want)
         try:
@@ -706,7 +706,7 @@ class LocalTransport:
     async def arm(self) -> _Bell | None:
         """The bell, watched, for a receiver about to look; None to poll (or,
         in memory, to wait for a send of this process)."""
-        lock = self._layer.lock
+        lock = self._layer.receive_lock
         if self._memory is not None and self._layer.wake != "polling":
             with lock:
                 self._use("memory", "the database is in this process's memory")
@@ -751,7 +751,7 @@ class LocalTransport:
 
     def _on_bell(self, bell: _Bell) -> None:
         """The bell rang (add_reader callback, in any loop that listens)."""
-        with self._layer.lock:
+        with self._layer.receive_lock:
             self._drain(bell)
 
     def _drain(self, bell: _Bell) -> None:
@@ -803,7 +803,7 @@ class LocalTransport:
         self._retire_bell()
 
     async def close(self) -> None:
-        with self._layer.lock:
+        with self._layer.receive_lock:
             self._retire_bell()  # one that a receiver armed meanwhile
             executors, self._retired_executors = self._retired_executors, []
         self._tls = threading.local()
@@ -811,7 +811,7 @@ class LocalTransport:
             await asyncio.to_thread(executor.shutdown, wait=True)
         # Only now: a connection that a call in the pool was still opening
         # (a loop's, say) is in the list by the time the pool has stopped.
-        with self._layer.lock:
+        with self._layer.receive_lock:
             connections, self._connections = self._connections, []
         await asyncio.to_thread(self._close_connections, connections)
 
@@ -885,7 +885,7 @@ class LocalTransport:
             return
         if self._memory is not None:
             return  # one in-memory database per process: the parent keeps it
-        with self._layer.lock:
+        with self._layer.receive_lock:
             connections, self._connections = self._connections, []
             self._tls = threading.local()
             self._loop_conns = {}
