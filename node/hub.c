@@ -51,6 +51,7 @@ typedef struct Client {
   size_t n_in;
   char *out; /* OUT_BUFFER bytes */
   size_t n_out;
+  int out_partial; /* out begins with the rest of a line partly sent */
   char **watches;
   int n_watches, cap_watches;
   int dropped; /* closed at the end of this round */
@@ -62,7 +63,6 @@ struct Hub {
   pthread_t thread;
   Client **clients;
   int n_clients, cap_clients;
-  unsigned long long drops; /* slow or misbehaving clients dropped */
 };
 
 static void client_free(Client *c) {
@@ -83,6 +83,7 @@ static void flush_out(Client *c) {
       c->dropped = 1;
       return;
     }
+    c->out_partial = c->out[w - 1] != '\n';
     memmove(c->out, c->out + w, c->n_out - (size_t)w);
     c->n_out -= (size_t)w;
   }
@@ -90,14 +91,13 @@ static void flush_out(Client *c) {
 
 /* Queues a line for the client. When its buffer is full, what the socket
 ** takes goes first; a client that still cannot take the line is dropped. */
-static void send_line(Hub *h, Client *c, const char *a, size_t n_a, const char *b, size_t n_b) {
+static void send_line(Client *c, const char *a, size_t n_a, const char *b, size_t n_b) {
   size_t need = n_a + n_b + 1;
   if (c->dropped) return;
   if (c->n_out + need > OUT_BUFFER) flush_out(c);
   if (c->dropped) return;
   if (c->n_out + need > OUT_BUFFER) {
     c->dropped = 1;
-    h->drops++;
     node_log("wake hub: a client stopped reading (%zu bytes owed): dropped", c->n_out);
     return;
   }
@@ -113,10 +113,13 @@ static void send_line(Hub *h, Client *c, const char *a, size_t n_a, const char *
 ** outgrow its buffer. */
 static int wake_pending(const Client *c, const char *q, size_t n) {
   const char *p = c->out, *end = c->out + c->n_out;
+  int first = 1;
   while (p < end) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     if (!nl) break;
-    if ((size_t)(nl - p) == n && memcmp(p, q, n) == 0) return 1;
+    /* The tail of a line partly sent is not that line. */
+    if (!(first && c->out_partial) && (size_t)(nl - p) == n && memcmp(p, q, n) == 0) return 1;
+    first = 0;
     p = nl + 1;
   }
   return 0;
@@ -130,22 +133,22 @@ static int find_watch(const Client *c, const char *q, size_t n) {
   return -1;
 }
 
-static void error_line(Hub *h, Client *c, const char *msg) {
-  send_line(h, c, "error ", 6, msg, strlen(msg));
+static void error_line(Client *c, const char *msg) {
+  send_line(c, "error ", 6, msg, strlen(msg));
 }
 
-static void watch(Hub *h, Client *c, const char *q, size_t n) {
+static void watch(Client *c, const char *q, size_t n) {
   if (find_watch(c, q, n) < 0) {
     char *copy;
     if (c->n_watches == MAX_WATCHES) {
-      error_line(h, c, "too many watches on one connection");
+      error_line(c, "too many watches on one connection");
       return;
     }
     if (c->n_watches == c->cap_watches) {
       int cap = c->cap_watches ? c->cap_watches * 2 : 8;
       char **w = realloc(c->watches, (size_t)cap * sizeof *w);
       if (!w) {
-        error_line(h, c, "out of memory");
+        error_line(c, "out of memory");
         return;
       }
       c->watches = w;
@@ -153,21 +156,21 @@ static void watch(Hub *h, Client *c, const char *q, size_t n) {
     }
     copy = strndup(q, n);
     if (!copy) {
-      error_line(h, c, "out of memory");
+      error_line(c, "out of memory");
       return;
     }
     c->watches[c->n_watches++] = copy;
   }
-  send_line(h, c, "ok watch ", 9, q, n);
+  send_line(c, "ok watch ", 9, q, n);
 }
 
-static void unwatch(Hub *h, Client *c, const char *q, size_t n) {
+static void unwatch(Client *c, const char *q, size_t n) {
   int i = find_watch(c, q, n);
   if (i >= 0) {
     free(c->watches[i]);
     c->watches[i] = c->watches[--c->n_watches];
   }
-  send_line(h, c, "ok unwatch ", 11, q, n);
+  send_line(c, "ok unwatch ", 11, q, n);
 }
 
 static void ring(Hub *h, const char *q, size_t n) {
@@ -175,7 +178,7 @@ static void ring(Hub *h, const char *q, size_t n) {
   for (i = 0; i < h->n_clients; i++) {
     Client *c = h->clients[i];
     if ((find_watch(c, q, n) >= 0 || find_watch(c, "*", 1) >= 0) && !wake_pending(c, q, n)) {
-      send_line(h, c, q, n, "", 0);
+      send_line(c, q, n, "", 0);
     }
   }
 }
@@ -204,23 +207,23 @@ static void command(Hub *h, Client *c, const char *line, size_t len) {
   if (len > 0 && line[len - 1] == '\r') end--;
   if (!next_word(&p, end, &verb, &n_verb)) return; /* an empty line: nothing to do */
   if (n_verb == 4 && memcmp(verb, "ping", 4) == 0) {
-    send_line(h, c, "pong", 4, "", 0);
+    send_line(c, "pong", 4, "", 0);
     return;
   }
   if (!(n_verb == 4 && memcmp(verb, "ring", 4) == 0) &&
       !(n_verb == 5 && memcmp(verb, "watch", 5) == 0) &&
       !(n_verb == 7 && memcmp(verb, "unwatch", 7) == 0)) {
-    error_line(h, c, "unknown command: the commands are watch, unwatch, ring and ping");
+    error_line(c, "unknown command: the commands are watch, unwatch, ring and ping");
     return;
   }
   while (next_word(&p, end, &q, &n)) {
     if (!valid_queue(q, n)) {
-      error_line(h, c, "a queue name is 1 to 255 printable characters without spaces");
+      error_line(c, "a queue name is 1 to 255 printable characters without spaces");
       continue;
     }
     if (verb[0] == 'r') ring(h, q, n);
-    else if (verb[0] == 'w') watch(h, c, q, n);
-    else unwatch(h, c, q, n);
+    else if (verb[0] == 'w') watch(c, q, n);
+    else unwatch(c, q, n);
   }
 }
 
@@ -242,10 +245,9 @@ static void read_client(Hub *h, Client *c) {
       c->n_in -= len + 1;
     }
     if (c->n_in == sizeof c->in) {
-      error_line(h, c, "line too long");
+      error_line(c, "line too long");
       flush_out(c);
       c->dropped = 1;
-      h->drops++;
     }
     if (c->dropped) return;
   }
@@ -334,7 +336,7 @@ static void *hub_main(void *arg) {
   return 0;
 }
 
-static int listen_on(const char *address) {
+int node_listen(const char *address) {
   char host[256], port[16];
   struct addrinfo hints, *res = 0, *ai;
   int fd = -1, one = 1;
@@ -363,7 +365,7 @@ int hub_start(const char *address, Hub **out) {
   int err;
   *out = 0;
   if (!h) return -1;
-  h->listen_fd = listen_on(address);
+  h->listen_fd = node_listen(address);
   h->stop_fd = eventfd(0, EFD_CLOEXEC);
   if (h->listen_fd < 0 || h->stop_fd < 0) {
     err = errno;

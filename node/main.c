@@ -283,6 +283,12 @@ retry:
   return rc;
 }
 
+/* Where the node itself asks its own node: where it listens, which is
+** local even when --address is a proxy's or NAT's. */
+static const char *self_address(const Options *o) {
+  return o->bind_address ? o->bind_address : o->address;
+}
+
 /* The role as this node sees it, for the log. */
 typedef struct RoleWatch {
   int fd;
@@ -294,7 +300,7 @@ typedef struct RoleWatch {
 static void watch_role(RoleWatch *w, const Options *o) {
   char leader[256] = "", err[300];
   uint64_t leader_id = 0;
-  if (w->fd < 0) w->fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
+  if (w->fd < 0) w->fd = client_connect(self_address(o), REQUEST_TIMEOUT_MS);
   if (w->fd < 0) return;
   if (client_leader(w->fd, &leader_id, leader, sizeof leader, err, sizeof err) != 0) {
     close(w->fd);
@@ -318,7 +324,7 @@ static void hand_over(const Options *o) {
   char err[300], leader[256];
   uint64_t leader_id = 0;
   int fd, n = 0, i, voters = 0;
-  fd = client_connect(o->address, REQUEST_TIMEOUT_MS);
+  fd = client_connect(self_address(o), REQUEST_TIMEOUT_MS);
   if (fd < 0) return;
   /* Asked now: the role last logged may be a poll old. */
   if (client_leader(fd, &leader_id, leader, sizeof leader, err, sizeof err) != 0 ||
@@ -338,17 +344,25 @@ static void hand_over(const Options *o) {
 }
 
 static int create_node(const Options *o, dqlite_node **node) {
-  int rc = dqlite_node_create(o->id, o->address, o->data, node);
+  const char *bind = self_address(o);
+  /* libdqlite says nothing when it cannot listen (and leaks the node it
+  ** then destroys): try first, to name the reason. */
+  int rc, fd = node_listen(bind);
+  if (fd < 0) {
+    node_log("cannot start the node on %s: %s", bind, strerror(errno));
+    return -1;
+  }
+  close(fd);
+  rc = dqlite_node_create(o->id, o->address, o->data, node);
   if (rc != 0) {
     node_log("cannot create the node: %s", *node ? dqlite_node_errmsg(*node) : "out of memory");
     return -1;
   }
-  rc = dqlite_node_set_bind_address(*node, o->bind_address ? o->bind_address : o->address);
+  rc = dqlite_node_set_bind_address(*node, bind);
   if (rc == 0 && o->latency_ms) rc = dqlite_node_set_network_latency_ms(*node, o->latency_ms);
   if (rc == 0) rc = dqlite_node_start(*node);
   if (rc != 0) {
-    node_log("cannot start the node on %s: %s", o->bind_address ? o->bind_address : o->address,
-             dqlite_node_errmsg(*node));
+    node_log("cannot start the node on %s: %s", bind, dqlite_node_errmsg(*node));
     return -1;
   }
   return 0;
@@ -402,7 +416,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (create_node(&o, &node) != 0) {
-    dqlite_node_destroy(node);
+    if (node) dqlite_node_destroy(node);
     hub_stop(hub);
     return 1;
   }

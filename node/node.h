@@ -34,7 +34,9 @@ int client_transfer(int fd, uint64_t id, char *err, int n_err);
 int split_address(const char *address, char *host, int n_host, char *port, int n_port);
 
 
-/* hub.c: the wake hub, on a thread of its own. */
+/* hub.c: the wake hub, on a thread of its own; node_listen is a
+** non-blocking listening socket on HOST:PORT, or -1 with errno set. */
+int node_listen(const char *address);
 typedef struct Hub Hub;
 int hub_start(const char *address, Hub **out);
 void hub_stop(Hub *hub);

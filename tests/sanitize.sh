@@ -61,7 +61,7 @@ fi
 # sanitizer report kills a node or fails its graceful stop, which the tests check.
 if [ -x "$asan_dir/node/chanlite-node" ]; then
   echo "== chanlite-node under ASan+UBSan (tests/cluster/test_node.py)"
-  if CHANLITE_NODE="$asan_dir/node/chanlite-node" CHANLITE_REQUIRE_NODE=1 \
+  if CHANLITE_NODE="$asan_dir/node/chanlite-node" CHANLITE_REQUIRE_NODE=1 CHANLITE_NODE_LATENCY_MS=200 \
      python3 -m pytest tests/cluster/test_node.py -q -p no:cacheprovider; then
     echo "   chanlite-node under ASan+UBSan: passed"
   else

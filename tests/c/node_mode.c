@@ -59,6 +59,14 @@ static void expect_refused(sqlite3 *db, const char *sql, const char *fn) {
   sqlite3_free(want);
 }
 
+static void expect_wait_refused(sqlite3 *db, const char *where) {
+  char *err, *out = run(db, "SELECT channel_wait('a', 0)", &err);
+  check(!out && err && strstr(err, "chanlite: channel_wait() cannot run in a dqlite node"),
+        "channel_wait refused %s: %s", where, err ? err : out);
+  sqlite3_free(out);
+  sqlite3_free(err);
+}
+
 static void expect_result(sqlite3 *db, const char *sql, const char *want) {
   char *err, *out = run(db, sql, &err);
   check(out && strcmp(out, want) == 0, "%s -> %s (want %s)", sql, out ? out : err, want);
@@ -69,7 +77,7 @@ static void expect_result(sqlite3 *db, const char *sql, const char *want) {
 int main(void) {
   char dir[] = "/tmp/chanlite-node-mode-XXXXXX", path[96], bell[128];
   sqlite3 *db = 0;
-  char *err = 0, *out;
+  char *err = 0;
   void *prev_hook;
   static const char *const refused[][2] = {
     {"SELECT channel_send('a', 'x')", "channel_send"},
@@ -98,11 +106,7 @@ int main(void) {
   for (i = 0; i < (int)(sizeof refused / sizeof refused[0]); i++) {
     expect_refused(db, refused[i][0], refused[i][1]);
   }
-  out = run(db, "SELECT channel_wait('a', 0)", &err);
-  check(!out && err && strstr(err, "chanlite: channel_wait() cannot run in a dqlite node"),
-        "channel_wait refused in autocommit: %s", err ? err : out);
-  sqlite3_free(out);
-  sqlite3_free(err);
+  expect_wait_refused(db, "in autocommit");
   expect_result(db, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'chanlite%'", "0");
   expect_result(db, "SELECT chanlite_config('expiry')", "60");
   expect_result(db, "SELECT chanlite_bell_path()", "NULL");
@@ -113,11 +117,7 @@ int main(void) {
   expect_result(db, "SELECT channel_send('a', 'two')", "2");
   expect_result(db, "SELECT group_add('g', 'a')", "1");
   expect_result(db, "SELECT group_send('g', 'three')", "1");
-  out = run(db, "SELECT channel_wait('a', 0)", &err);
-  check(!out && err && strstr(err, "chanlite: channel_wait() cannot run in a dqlite node"),
-        "channel_wait refused in a transaction: %s", err ? err : out);
-  sqlite3_free(out);
-  sqlite3_free(err);
+  expect_wait_refused(db, "in a transaction");
   expect_result(db, "COMMIT", "(no row)");
   check(access(bell, F_OK) != 0, "no bell file next to the database after a send");
   prev_hook = sqlite3_wal_hook(db, 0, 0);

@@ -19,12 +19,13 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from . import wire
-from .nodes import Cluster, Node, node_binary
+from .nodes import Cluster, Node, free_port, node_binary
 
 try:
     BINARY = node_binary()
@@ -42,9 +43,14 @@ REFUSED_TEXT = (
 WAIT_TEXT = "chanlite: channel_wait() cannot run in a dqlite node"
 
 
+# Heartbeats every 1.5 x this: generous, so that a loaded machine (or a
+# sanitized build, tests/sanitize.sh) does not lose its leader for nothing.
+LATENCY_MS = int(os.environ.get("CHANLITE_NODE_LATENCY_MS", "50"))
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster()
+    c = Cluster(latency_ms=LATENCY_MS)
     try:
         c.start()
         yield c
@@ -226,6 +232,25 @@ def test_a_node_is_added_then_removed(cluster: Cluster) -> None:
         send(c, c.open(DB), "three-again", "served")
 
 
+def test_a_node_with_a_members_id_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    taken = cluster.nodes[1]
+    address = f"127.0.0.4:{taken.port}"
+    argv = [BINARY, "--id", str(taken.id), "--address", address, "--data", str(tmp_path / "d")]
+    done = subprocess.run(
+        [*argv, "--join", cluster.nodes[0].address, "--wake-address", "off"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert (
+        f"join: id {taken.id} belongs to the node at {taken.address} already: give this node "
+        "another id" in done.stderr
+    )
+    with wire.Connection(cluster.leader().address) as c:
+        assert sorted(c.cluster()) == [(n.id, n.address, "voter") for n in cluster.nodes]
+
+
 def test_the_whole_cluster_restarts_with_its_data(cluster: Cluster) -> None:
     with wire.Connection(cluster.leader().address) as c:
         send(c, c.open(DB), "restart", "survives")
@@ -262,6 +287,24 @@ def test_bad_arguments_are_named(args: list[str], message: str, tmp_path: Path) 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_an_address_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, message in [
+            (["--address", f"127.0.0.1:{port}", "--wake-address", "off"], "the node on"),
+            (
+                ["--address", f"127.0.0.1:{port - 1}", "--wake-address", f"127.0.0.1:{port}"],
+                "the wake hub on",
+            ),
+        ]:
+            argv = [BINARY, "--id", "1", "--data", str(tmp_path / "d"), *args]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 1
+            assert f"cannot start {message} 127.0.0.1:{port}: Address already in use" in done.stderr
 
 
 # ---- the wake hub ----
@@ -385,22 +428,41 @@ def test_stopping_a_node_closes_its_hub_connections(cluster: Cluster) -> None:
     cluster.wait_ready()
 
 
-def test_wake_address_off_runs_no_hub(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+@contextmanager
+def single_node(tmp_path: Path, *args: str) -> Iterator[tuple[int, Path]]:
+    """One node bootstrapping a cluster of one: (its port, its log)."""
+    port = free_port(("127.0.0.1",))  # and the one above, for the wake hub
     log = tmp_path / "node.log"
-    argv = [BINARY, "--id", "1", "--address", f"127.0.0.1:{port}", "--data", str(tmp_path / "d")]
+    argv = [BINARY, "--id", "1", "--data", str(tmp_path / "d")]
     with open(log, "wb") as out:
-        node = subprocess.Popen([*argv, "--wake-address", "off"], stderr=out)
+        node = subprocess.Popen([*argv, *(a.format(port=port) for a in args)], stderr=out)
     try:
         deadline = time.monotonic() + 30
         while "role: leader" not in log.read_text():
             assert node.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.02)
-        assert "wake hub on none (off)" in log.read_text()
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port + 1), timeout=5)
+        yield port, log
     finally:
         node.terminate()
         assert node.wait(timeout=30) == 0
+
+
+def test_wake_address_off_runs_no_hub(tmp_path: Path) -> None:
+    args = ("--address", "127.0.0.1:{port}", "--wake-address", "off")
+    with single_node(tmp_path, *args) as (port, log):
+        assert "wake hub on none (off)" in log.read_text()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port + 1), timeout=5)
+
+
+def test_bind_address_listens_where_told_and_advertises_address(tmp_path: Path) -> None:
+    # Advertised as 127.0.0.9 (a proxy's, say); listening on 127.0.0.1.
+    args = ("--address", "127.0.0.9:{port}", "--bind-address", "127.0.0.1:{port}")
+    with single_node(tmp_path, *args) as (port, log):
+        with wire.Connection(f"127.0.0.1:{port}") as c:
+            assert c.leader() == (1, f"127.0.0.9:{port}")
+        hub = HubClient(f"127.0.0.1:{port + 1}")
+        hub.send("ping")
+        assert hub.line() == "pong"
+        hub.close()
+        assert f"wake hub on 127.0.0.1:{port + 1}" in log.read_text()
