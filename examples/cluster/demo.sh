@@ -18,8 +18,17 @@ repo="$(cd "$here/../.." && pwd)"
 dir="${1:-/tmp/chanlite-cluster}"
 port="${PORT:-9001}"
 
-python="${PYTHON:-$(command -v python3.13 || ls -d ~/.pyenv/versions/3.13.*/bin/python3.13 2>/dev/null | tail -1 || true)}"
-[ -n "$python" ] && [ -x "$python" ] || { echo "demo: needs Python >= 3.13 (set PYTHON)" >&2; exit 1; }
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+  # The first that runs (a pyenv shim may exist without that version selected).
+  for candidate in python3.13 python3.14 ~/.pyenv/versions/3.1[3-9].*/bin/python3; do
+    if "$candidate" -c 'import sys; assert sys.version_info >= (3, 13)' 2>/dev/null; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+[ -n "$python" ] || { echo "demo: needs Python >= 3.13 (set PYTHON)" >&2; exit 1; }
 venv="${CHAT_VENV:-$here/.venv}"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "$repo[cluster]" daphne
