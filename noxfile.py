@@ -24,6 +24,8 @@ nox.options.default_venv_backend = "venv"
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = False
+# `nox` alone runs the corners; tests/run-all.sh runs the cluster session in a step of its own.
+nox.options.sessions = ["tests"]
 
 #: (Python, Django): the oldest pair and the newest pair the package supports.
 CORNERS = [("3.10", "5.2"), ("3.13", "6.1")]
@@ -56,4 +58,24 @@ def tests(session: nox.Session, django: str) -> None:
         "print('python', sys.version.split()[0], 'django', django.__version__, "
         "'channels', channels.__version__, 'chanlite', chanlite.__file__)",
     )
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs)
+    # The cluster parametrizations need chanlite-node: the session below runs them.
+    _pytest(session, "not cluster")
+
+
+def _pytest(session: nox.Session, markers: str) -> None:
+    """pytest (testpaths: tests/python) on the tests the marker expression selects."""
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", markers,
+        *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session(name="cluster", python=_interpreter("3.13"))
+def cluster(session: nox.Session) -> None:
+    """The layer on a 3-node dqlite cluster: the contract tests' cluster
+    parametrization, the fault tests and the demo's browser test (marker
+    ``cluster``). Python 3.13 only (dqlite-client), with
+    build/node/chanlite-node (or $CHANLITE_NODE)."""
+    session.install("-r", "tests/requirements.txt")
+    session.install(".[cluster]", "django==6.1.*")
+    _pytest(session, "cluster")

@@ -105,6 +105,17 @@ CREATE TABLE IF NOT EXISTS main.chanlite_capacity(
   capacity INTEGER NOT NULL
 );
 
+-- Cluster clients (python/chanlite/cluster.py): one row per write
+-- transaction whose outcome its client may not learn (the connection lost
+-- during COMMIT). The client writes a random `id` in the same transaction and,
+-- after reconnecting, looks it up: found, the transaction committed. A client
+-- deletes its ids in its next transaction; `done_at` (Unix seconds) lets any
+-- client trim those of clients that never came back. chanlite never reads it.
+CREATE TABLE IF NOT EXISTS main.chanlite_outcome(
+  id      TEXT PRIMARY KEY,
+  done_at REAL NOT NULL
+) WITHOUT ROWID;
+
 -- Keep this table last: the schema check (transaction.sql) looks for it.
 -- Dead letters: messages that expired unread or that a full channel refused
 -- (reason 'expired' or 'full'), kept only while the `dead_letters` setting

@@ -77,6 +77,12 @@ if [ -d tests/python ]; then
   # The package on the system python3 too, for the steps that follow.
   python3 -m pip install -q --disable-pip-version-check .
 
+  # The layer on a 3-node dqlite cluster (chanlite-node from this build):
+  # the contract tests' cluster parametrization and the fault tests, on
+  # Python 3.13 only (dqlite-client needs it).
+  echo "== python: the layer on a dqlite cluster (nox -s cluster)"
+  env -u CHANLITE_EXTENSION -u PYTHONPATH python3 -m nox --non-interactive -s cluster
+
   echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
   tests/channels_suite.sh
 fi

@@ -157,13 +157,15 @@ class SQLiteChannelLayer(BaseChannelLayer):
         wake: str = "auto",
         lock_timeout: float = 30.0,
         loop_calls: bool = True,
+        cluster: Iterable[str] | None = None,
+        cluster_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(capacity=capacity)
         self.expiry: float = expiry  # type: ignore[assignment]  # seconds, may be fractional
-        if (path is None) == (database is None):
+        if [path, database, cluster].count(None) != 2:
             raise ValueError(
                 "chanlite: CONFIG needs exactly one of 'path' (a database file for the "
-                "layer) or 'database' (a Django database alias)"
+                "layer), 'database' (a Django database alias) or 'cluster' (dqlite nodes)"
             )
         if path is not None and str(path) == "":
             raise ValueError("chanlite: 'path' must be a database file or ':memory:', not ''")
@@ -199,7 +201,13 @@ class SQLiteChannelLayer(BaseChannelLayer):
         #: The process this layer's state belongs to (see check_process).
         self._pid = os.getpid()
         #: Where its SQL runs and how its receivers wake.
-        self.transport: Transport = LocalTransport(self, self._memory_uri)
+        self.transport: Transport
+        if cluster is not None:  # docs/cluster.md
+            from chanlite.cluster import ClusterTransport
+
+            self.transport = ClusterTransport(self, cluster, **(cluster_options or {}))
+        else:
+            self.transport = LocalTransport(self, self._memory_uri)
         fork.register(self)
 
     @property

@@ -9,6 +9,7 @@ channel layer on that same database (the transactional outbox form).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import django
 import pytest
@@ -26,6 +28,7 @@ from django.conf import settings
 import chanlite
 from chanlite.layer import SQLiteChannelLayer
 from helpers import free_ports
+from transports import new_layer
 
 DJANGO_DIR = Path(tempfile.mkdtemp(prefix="chanlite-django-"))
 
@@ -57,10 +60,28 @@ def db_path(tmp_path: Path) -> str:
     return str(tmp_path / "layer.sqlite3")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "cluster: runs on a 3-node dqlite cluster (Python >= 3.13 and chanlite-node; "
+        "the nox session 'cluster' runs them, the corners deselect them)",
+    )
+
+
+@pytest.fixture(scope="session")
+def dqlite_cluster() -> Iterator[Any]:
+    """Three chanlite-node processes on 127.0.0.1, .2 and .3 (tests/cluster/nodes.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+    from nodes import Cluster
+
+    with Cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
 async def layer(db_path: str) -> AsyncIterator[SQLiteChannelLayer]:
     """A layer with capacity 3 (as channels_redis's tests), flushed and closed after."""
-    instance = SQLiteChannelLayer(path=db_path, capacity=3)
+    instance = new_layer(db_path, capacity=3)
     yield instance
     await instance.flush()
     await instance.close()
@@ -98,10 +119,27 @@ DEMO = Path(__file__).resolve().parents[2] / "examples" / "django_chat"
 def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
     """The ports of two running demo servers; both are stopped at teardown.
     Each server's output goes to daphne-<port>.log in tmp_path."""
-    ports = free_ports(2)
-    env = {
+    env = {"CHANLITE_DB": str(tmp_path / "channels.sqlite3")}
+    with serve_demo(tmp_path, [env, env]) as ports:
+        yield ports
+
+
+@pytest.fixture
+def demo_servers_with(
+    tmp_path: Path,
+) -> Callable[[list[dict[str, str]]], contextlib.AbstractContextManager[list[int]]]:
+    """serve_demo(tmp_path, envs), for tests that start servers of their own."""
+    return lambda envs: serve_demo(tmp_path, envs)
+
+
+@contextlib.contextmanager
+def serve_demo(tmp_path: Path, envs: list[dict[str, str]]) -> Iterator[list[int]]:
+    """One demo server (daphne) per entry of envs, with those variables set,
+    each on a free port: their ports, once every one answers. Each server's
+    output goes to daphne-<port>.log in tmp_path; all are stopped on exit."""
+    ports = free_ports(len(envs))
+    base = {
         **os.environ,
-        "CHANLITE_DB": str(tmp_path / "channels.sqlite3"),
         "DJANGO_SETTINGS_MODULE": "mysite.settings",
         "PYTHONPATH": os.pathsep.join(
             [str(DEMO), *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
@@ -111,13 +149,13 @@ def demo_servers(tmp_path: Path) -> Iterator[list[int]]:
     logs = [tmp_path / f"daphne-{port}.log" for port in ports]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for port, log in zip(ports, logs, strict=True):
+        for port, log, env in zip(ports, logs, envs, strict=True):
             with log.open("wb") as out:
                 procs.append(
                     subprocess.Popen(
                         [*daphne, "-p", str(port), "mysite.asgi:application"],
                         cwd=tmp_path,
-                        env=env,
+                        env={**base, **env},
                         stdout=out,
                         stderr=subprocess.STDOUT,
                     )

@@ -7,12 +7,12 @@ import asyncio
 import collections
 import random
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from chanlite.layer import SQLiteChannelLayer
+from transports import TRANSPORTS, new_layer, transport_db_path
 
 MESSAGES_PER_CHANNEL = 600
 #: Receives each run cancels at least (the run goes on until it has).
@@ -21,12 +21,11 @@ CANCELLATIONS = 1000
 TIME_LIMIT = 180
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=TRANSPORTS)
 def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """On a database file, and in test mode (an in-memory database)."""
-    if request.param == "memory":
-        return f"file:chanlite-torture-{uuid.uuid4().hex}?mode=memory&cache=shared"
-    return str(tmp_path / "layer.sqlite3")
+    """On a database file, in test mode (an in-memory database), and on a
+    dqlite cluster (marked ``cluster``)."""
+    return transport_db_path(request, tmp_path, "chanlite-torture")
 
 
 async def _cancel_at_random(
@@ -114,19 +113,29 @@ async def _produce(
     run.done = True
 
 
-@pytest.mark.parametrize("loop_calls", [True, False], ids=["on-loop", "in-pool"])
+@pytest.mark.parametrize(
+    ("db_path", "loop_calls"),
+    [
+        pytest.param(transport, loop_calls, id=f"{transport}-{how}")
+        for transport in ("file", "memory")
+        for loop_calls, how in ((True, "on-loop"), (False, "in-pool"))
+    ]
+    # loop_calls means nothing to the cluster transport: one run.
+    + [pytest.param("cluster", False, id="cluster", marks=pytest.mark.cluster)],
+    indirect=["db_path"],
+)
 async def test_cancelled_receives_lose_nothing(db_path: str, loop_calls: bool) -> None:
     """With pops on the event loop's thread (the default) and all in the
     pool. Pops on the loop cannot be interrupted, so fewer receives are
     caught mid-way: that case sends more, for as many cancellations."""
     rng = random.Random(20240601)
     min_rounds = MESSAGES_PER_CHANNEL * (3 if loop_calls else 1)
-    layer = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
+    layer = new_layer(db_path, capacity=100_000, loop_calls=loop_calls)
     # Two process-specific channels (one receiver, shared buffers) and one
     # normal channel, received by this layer and by a second instance (as
     # another process would) at once.
     local = [await layer.new_channel(), await layer.new_channel()]
-    other = SQLiteChannelLayer(path=db_path, capacity=100_000, loop_calls=loop_calls)
+    other = new_layer(db_path, capacity=100_000, loop_calls=loop_calls)
     channels = [*local, "torture-normal"]
     run = _Run(channels, min_rounds)
 
@@ -155,7 +164,7 @@ async def test_cancelled_receives_lose_nothing(db_path: str, loop_calls: bool) -
 async def test_cancelled_receive_leaves_message_for_next(db_path: str) -> None:
     """A message the receiver popped for a receive() that was cancelled is
     the next receive()'s."""
-    layer = SQLiteChannelLayer(path=db_path)
+    layer = new_layer(db_path)
     channel = await layer.new_channel()
     for attempt in range(200):
         waiting = asyncio.create_task(layer.receive(channel))

@@ -8,7 +8,6 @@ import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,23 +15,23 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
-import chanlite
 from chanlite.layer import SQLiteChannelLayer, glob_for_pattern
+from transports import TRANSPORTS, new_layer, sql_connection, transport_db_path
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=TRANSPORTS)
 def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Every test here runs on a database file and again in test mode, on an
-    in-memory database of its own (path=":memory:" is the process's default one)."""
-    if request.param == "memory":
-        return f"file:chanlite-test-{uuid.uuid4().hex}?mode=memory&cache=shared"
-    return str(tmp_path / "layer.sqlite3")
+    """Every test here runs on a database file, in test mode on an in-memory
+    database of its own (path=":memory:" is the process's default one), and
+    on a dqlite cluster (marked ``cluster``: the cluster step runs those)."""
+    return transport_db_path(request, tmp_path, "chanlite-test")
 
 
 @pytest.fixture
-def sql(db_path: str) -> Iterator[sqlite3.Connection]:
-    """A plain connection with chanlite to the layer's database (file or memory)."""
-    conn = chanlite.connect(db_path, uri=True, isolation_level=None)
+def sql(request: pytest.FixtureRequest, db_path: str) -> Iterator[sqlite3.Connection]:
+    """A plain connection with chanlite to the layer's database (file or
+    memory), or its stand-in on the cluster."""
+    conn = sql_connection(request, db_path)
     yield conn
     conn.close()
 
@@ -64,15 +63,15 @@ async def test_message_types_round_trip(layer: SQLiteChannelLayer) -> None:
 
 
 async def test_one_megabyte_message(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path)
+    layer = new_layer(db_path)
     body = bytes(range(256)) * 4096  # 1 MiB
     await layer.send("big", {"type": "big", "body": body})
     assert (await layer.receive("big"))["body"] == body
     await layer.close()
 
 
-async def test_fifo(layer: SQLiteChannelLayer) -> None:
-    layer = SQLiteChannelLayer(path=layer.path)
+async def test_fifo(db_path: str) -> None:
+    layer = new_layer(db_path)
     for i in range(50):
         await layer.send("test-channel-3", {"type": f"message.{i}"})
     for i in range(50):
@@ -89,7 +88,7 @@ async def test_receive_waits_for_send(layer: SQLiteChannelLayer) -> None:
 
 
 async def test_concurrent_receivers_each_get_one(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, capacity=100)
+    layer = new_layer(db_path, capacity=100)
     receivers = [asyncio.create_task(layer.receive("shared")) for _ in range(10)]
     for i in range(10):
         await layer.send("shared", {"type": "m", "i": i})
@@ -101,7 +100,7 @@ async def test_concurrent_receivers_each_get_one(db_path: str) -> None:
 def test_double_receive(db_path: str) -> None:
     """Receiving process-specific channels from two event loops (async_to_sync
     runs each call in a loop of its own)."""
-    layer = SQLiteChannelLayer(path=db_path, capacity=3)
+    layer = new_layer(db_path, capacity=3)
     channel_1 = async_to_sync(layer.new_channel)()
     channel_2 = async_to_sync(layer.new_channel)()
     async_to_sync(layer.send)(channel_1, {"type": "test.message.1"})
@@ -129,8 +128,8 @@ async def test_send_capacity(layer: SQLiteChannelLayer) -> None:
 
 
 async def test_send_specific_capacity(db_path: str) -> None:
-    layer = SQLiteChannelLayer(
-        path=db_path,
+    layer = new_layer(
+        db_path,
         capacity=3,
         channel_capacity={"one": 1, "two-*": 2, re.compile(r"^three\..*$"): 4},
     )
@@ -181,7 +180,7 @@ def test_capacity_regex_to_glob() -> None:
 
 def test_unexpressible_regex_rejected_at_config(db_path: str) -> None:
     with pytest.raises(ValueError, match="no GLOB equivalent"):
-        SQLiteChannelLayer(path=db_path, channel_capacity={re.compile(r"^(a|b)$"): 1})
+        new_layer(db_path, channel_capacity={re.compile(r"^(a|b)$"): 1})
 
 
 # ---- process-specific channels ----
@@ -195,7 +194,7 @@ async def test_process_local_send_receive(layer: SQLiteChannelLayer) -> None:
 
 
 async def test_process_local_messages_reach_their_own_channel(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, capacity=1000)
+    layer = new_layer(db_path, capacity=1000)
     channels = [await layer.new_channel() for _ in range(5)]
     for i in range(20):
         for n, channel in enumerate(channels):
@@ -211,14 +210,14 @@ async def test_reject_bad_client_prefix(layer: SQLiteChannelLayer) -> None:
         await layer.receive("not-client-prefix!local_part")
 
 
-async def test_new_channel_names(layer: SQLiteChannelLayer) -> None:
+async def test_new_channel_names(layer: SQLiteChannelLayer, db_path: str) -> None:
     names = {await layer.new_channel() for _ in range(1000)}
     assert len(names) == 1000
     for name in names:
         layer.require_valid_channel_name(name)
         assert name.startswith("specific.")
         assert layer.non_local_name(name) == f"specific.{layer.client_prefix}!"
-    other = SQLiteChannelLayer(path=layer.path)
+    other = new_layer(db_path)
     assert other.client_prefix != layer.client_prefix
     custom = await layer.new_channel(prefix="test-gr-chan-1")
     assert custom.startswith("test-gr-chan-1.")
@@ -235,7 +234,7 @@ def _drained(layer: SQLiteChannelLayer, queue_name: str, channel: str, sent: int
 async def test_slow_consumer_does_not_block_others(db_path: str) -> None:
     """A channel nobody receives from is buffered, bounded (the oldest are
     dropped, as channels_redis does), and does not hold up the others."""
-    layer = SQLiteChannelLayer(path=db_path, capacity=50)
+    layer = new_layer(db_path, capacity=50)
     dead = await layer.new_channel()
     alive = await layer.new_channel()
     waiting = asyncio.create_task(layer.receive(alive))
@@ -314,7 +313,7 @@ async def test_groups_channel_full(layer: SQLiteChannelLayer) -> None:
 
 
 async def test_group_capacity_by_pattern(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, capacity=5, channel_capacity={"small*": 1})
+    layer = new_layer(db_path, capacity=5, channel_capacity={"small*": 1})
     await layer.group_add("room", "small-1")
     await layer.group_add("room", "large-1")
     assert await layer.group_send("room", {"type": "m"}) == 2
@@ -324,7 +323,7 @@ async def test_group_capacity_by_pattern(db_path: str) -> None:
 
 
 async def test_group_send_to_many(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path)
+    layer = new_layer(db_path)
     channels = [await layer.new_channel(prefix=f"channel{i}") for i in range(100)]
     for channel in channels:
         await layer.group_add("test-group", channel)
@@ -339,7 +338,7 @@ async def test_group_send_to_many(db_path: str) -> None:
 
 
 async def test_message_expiry(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, expiry=10)
+    layer = new_layer(db_path, expiry=10)
     start = time.time()
     layer.set_clock(start)
     await layer.send("exp", {"type": "old"})
@@ -352,7 +351,7 @@ async def test_message_expiry(db_path: str) -> None:
 
 
 async def test_expired_messages_free_capacity(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, expiry=10, capacity=2)
+    layer = new_layer(db_path, expiry=10, capacity=2)
     start = time.time()
     layer.set_clock(start)
     await layer.send("exp", {"type": "a"})
@@ -366,7 +365,7 @@ async def test_expired_messages_free_capacity(db_path: str) -> None:
 
 
 async def test_process_local_expiry(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, expiry=10)
+    layer = new_layer(db_path, expiry=10)
     channel = await layer.new_channel()
     start = time.time()
     layer.set_clock(start)
@@ -378,7 +377,7 @@ async def test_process_local_expiry(db_path: str) -> None:
 
 
 async def test_group_expiry(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, group_expiry=100)
+    layer = new_layer(db_path, group_expiry=100)
     start = time.time()
     layer.set_clock(start)
     await layer.group_add("g", "expiring")
@@ -394,7 +393,7 @@ async def test_group_expiry(db_path: str) -> None:
 
 
 async def test_group_send_messages_expire(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path, expiry=5)
+    layer = new_layer(db_path, expiry=5)
     start = time.time()
     layer.set_clock(start)
     await layer.group_add("g", "member")
@@ -452,11 +451,11 @@ def test_config_errors(db_path: str) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         SQLiteChannelLayer()
     with pytest.raises(ValueError, match="exactly one"):
-        SQLiteChannelLayer(path=db_path, database="default")
+        new_layer(db_path, database="default")
     with pytest.raises(ValueError, match="':memory:', not ''"):
         SQLiteChannelLayer(path="")
     with pytest.raises(TypeError):
-        SQLiteChannelLayer(path=db_path, hosts=[("localhost", 6379)])  # type: ignore[call-arg]
+        new_layer(db_path, hosts=[("localhost", 6379)])  # type: ignore[call-arg]
 
 
 def test_extensions() -> None:
@@ -478,7 +477,7 @@ async def test_flush(layer: SQLiteChannelLayer, sql: sqlite3.Connection) -> None
 
 
 async def test_settings_are_stored_in_the_database(db_path: str, sql: sqlite3.Connection) -> None:
-    layer = SQLiteChannelLayer(path=db_path, expiry=7, group_expiry=70, capacity=9)
+    layer = new_layer(db_path, expiry=7, group_expiry=70, capacity=9)
     await layer.send("x", {"type": "m"})
     config = {
         key: sql.execute("SELECT chanlite_config(?)", (key,)).fetchone()[0]
@@ -498,7 +497,7 @@ async def test_text_json_messages_from_other_clients(
 
 
 async def test_close_and_reuse(db_path: str) -> None:
-    layer = SQLiteChannelLayer(path=db_path)
+    layer = new_layer(db_path)
     channel = await layer.new_channel()
     waiting = asyncio.create_task(layer.receive(channel))
     await asyncio.sleep(0.01)
@@ -518,13 +517,13 @@ async def test_symmetric_encryption(db_path: str, sql: sqlite3.Connection) -> No
     from cryptography.fernet import InvalidToken
 
     keys = ["a secret", "an older secret"]
-    sender = SQLiteChannelLayer(path=db_path, symmetric_encryption_keys=keys)
-    receiver = SQLiteChannelLayer(path=db_path, symmetric_encryption_keys=keys[1:] + keys[:1])
+    sender = new_layer(db_path, symmetric_encryption_keys=keys)
+    receiver = new_layer(db_path, symmetric_encryption_keys=keys[1:] + keys[:1])
     await sender.send("enc", {"type": "secret", "text": "plain words"})
     stored = sql.execute("SELECT body FROM chanlite_message").fetchall()
     assert stored and all(b"plain words" not in bytes(row[0]) for row in stored)
     assert await receiver.receive("enc") == {"type": "secret", "text": "plain words"}
-    wrong = SQLiteChannelLayer(path=db_path, symmetric_encryption_keys=["wrong"])
+    wrong = new_layer(db_path, symmetric_encryption_keys=["wrong"])
     await sender.send("enc", {"type": "secret"})
     with pytest.raises(InvalidToken):
         await wrong.receive("enc")
@@ -532,12 +531,18 @@ async def test_symmetric_encryption(db_path: str, sql: sqlite3.Connection) -> No
         await instance.close()
 
 
-async def test_close_replacing_thread_state_mid_call_is_harmless(db_path: str) -> None:
+@pytest.fixture(params=["file", "memory"])
+def local_db_path(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For tests of the local transport's own machinery."""
+    return transport_db_path(request, tmp_path, "chanlite-test")
+
+
+async def test_close_replacing_thread_state_mid_call_is_harmless(local_db_path: str) -> None:
     """close() replaces the layer's per-thread state while a pool thread may
     be inside _connection(): a call that found its connection in the old
     state must finish on it (it failed with AttributeError on
     'clock_generation', about once in nine closes)."""
-    layer = SQLiteChannelLayer(path=db_path)
+    layer = new_layer(local_db_path)
     await layer.send("race", {"type": "warm"})
     layer.transport._connection()  # this thread's connection, now in _tls
     configure = layer.transport._configure

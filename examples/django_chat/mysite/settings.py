@@ -44,6 +44,10 @@ CHANNEL_LAYERS = {
         "CONFIG": {"path": os.environ.get("CHANLITE_DB", str(BASE_DIR / "channels.sqlite3"))},
     }
 }
+# On a dqlite cluster instead (examples/cluster/demo.sh): the nodes' addresses,
+# comma-separated, this server's own node first (it watches that node's wake hub).
+if os.environ.get("CHANLITE_CLUSTER"):
+    CHANNEL_LAYERS["default"]["CONFIG"] = {"cluster": os.environ["CHANLITE_CLUSTER"].split(",")}
 
 STATIC_URL = "static/"
 USE_TZ = True
