@@ -7,7 +7,7 @@ layer, one producer process and one consumer process on one database file.
 Runs A, B, A, B ... (interleaved, so load drifting on a shared machine hits
 both alike) and prints, per tree, the median over rounds of each percentile
 with its min-max. ``--rate 0`` sends as fast as the consumer keeps up
-(in flight bounded), else paced at --rate messages per second.
+(unbounded), else paced at --rate messages per second.
 """
 
 from __future__ import annotations
@@ -42,15 +42,17 @@ async def producer(path, n, rate):
     body = "x" * SIZE
     took = []
     start = time.monotonic()
-    for i in range(n):
-        if rate:
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        t = time.monotonic_ns()
-        await layer.send("tail", {"type": "m", "t": t, "b": body})
-        took.append(time.monotonic_ns() - t)
+    async def one(k):
+        for i in range(k, n, PRODUCERS):
+            if rate:
+                due = start + i / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            t = time.monotonic_ns()
+            await layer.send("tail", {"type": "m", "t": t, "b": body})
+            took.append(time.monotonic_ns() - t)
+    await asyncio.gather(*(one(k) for k in range(PRODUCERS)))
     elapsed = time.monotonic() - start
     await layer.close()
     return took, elapsed
@@ -73,16 +75,25 @@ def pct(values: list[int], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] / 1e6
 
 
-def run_once(pydir: str, n: int, rate: float, size: int) -> dict[str, float]:
+def run_once(pydir: str, n: int, rate: float, size: int, producers: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         db = os.path.join(d, "tail.db")
         code = CHILD.replace("PYDIR", repr(pydir)).replace("DB", repr(db))
-        code = code.replace("SIZE", str(size)).replace("RATE", repr(rate)).replace(" N,", f" {n},")
+        code = (
+            code.replace("PRODUCERS", str(producers))
+            .replace("SIZE", str(size))
+            .replace("RATE", repr(rate))
+            .replace(" N,", f" {n},")
+        )
         code = code.replace("(DB, N,", f"({db!r}, {n},")
         script = os.path.join(d, "child.py")
         with open(script, "w") as f:
             f.write(code)
-        res = json.loads(subprocess.run([sys.executable, script], check=True, capture_output=True, text=True).stdout)
+        res = json.loads(
+            subprocess.run(
+                [sys.executable, script], check=True, capture_output=True, text=True
+            ).stdout
+        )
     row = {"msg/s": n / res["elapsed"]}
     for k in ("send", "e2e"):
         for q in (0.5, 0.99, 0.999):
@@ -98,14 +109,17 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("--rate", type=float, default=1000)
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--producers", type=int, default=1, help="coroutines sending at once")
     a = ap.parse_args()
     rows: dict[str, list[dict[str, float]]] = {p: [] for p in a.python}
     for _ in range(a.rounds):
         for p in a.python:
-            rows[p].append(run_once(p, a.n, a.rate, a.size))
+            rows[p].append(run_once(p, a.n, a.rate, a.size, a.producers))
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    print(f"n={a.n} rate={a.rate or 'unpaced'} size={a.size} rounds={a.rounds} (interleaved) load={load}")
+    rate = a.rate or "unpaced"
+    print(f"n={a.n} rate={rate} size={a.size} producers={a.producers} rounds={a.rounds}", end=" ")
+    print(f"(interleaved) load average at the end {load}")
     keys = list(rows[a.python[0]][0])
     print("| figure | " + " | ".join(a.python) + " |")
     print("|---|" + "---:|" * len(a.python))

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from channels.exceptions import ChannelFull
@@ -323,9 +323,9 @@ class _MemoryDatabase:
 #: size past which request connections checkpoint again, as a last resort.
 CHECKPOINT_SIGNAL_EVERY = 32
 CHECKPOINT_FRAMES = 1000
-RESTART_FRAMES = 1500
+RESTART_FRAMES = 1200
 RESTART_WAIT_MS = 5
-FALLBACK_FRAMES = 4000
+FALLBACK_FRAMES = 1800
 
 
 class _Checkpointer:
@@ -359,6 +359,7 @@ class _Checkpointer:
         self.stopping = False
         self.conn: sqlite3.Connection | None = None
         self.shm: int | None = None
+        self.shm_lock = threading.Lock()
         #: Checkpoints run, restarts tried, restarts that failed (for tests
         #: and benchmarks).
         self.passive = 0
@@ -374,6 +375,11 @@ class _Checkpointer:
         if self.writes >= CHECKPOINT_SIGNAL_EVERY:
             self.writes = 0
             self.wanted.set()
+            # The bound must not depend on this thread getting the CPU: on
+            # a loaded machine it may run late.
+            frames = self._frames()
+            if frames is not None and frames[0] >= FALLBACK_FRAMES:
+                self.transport._request_path_checkpoints(True)
 
     def stop(self, timeout: float) -> bool:
         """End the thread and close its connection; False if the thread was
@@ -400,18 +406,26 @@ class _Checkpointer:
                 with contextlib.suppress(sqlite3.Error):
                     self.conn.close()
                 self.conn = None
-            if self.shm is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self.shm)
+            with self.shm_lock:
+                if self.shm is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self.shm)
+                    self.shm = None
 
     def _frames(self) -> tuple[int, int] | None:
         """(mxFrame, nBackfill) from the WAL index, or None if unreadable."""
-        if self.shm is None:
+        with self.shm_lock:  # read by request threads too; closed by stop()
+            if self.shm is None:
+                if self.stopping:
+                    return None
+                try:
+                    self.shm = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
             try:
-                self.shm = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+                head = os.pread(self.shm, 100, 0)
             except OSError:
                 return None
-        head = os.pread(self.shm, 100, 0)
         if len(head) < 100:
             return None
         return int.from_bytes(head[16:20], sys.byteorder), int.from_bytes(
@@ -435,14 +449,15 @@ class _Checkpointer:
         conn = self._connection()
         _, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.passive += 1
-        stuck = False
         if log >= RESTART_FRAMES:
             self.restarts += 1
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             if busy:
                 self.restart_failures += 1
-                stuck = log >= FALLBACK_FRAMES
-        self.transport._request_path_checkpoints(stuck)
+                if log >= FALLBACK_FRAMES:
+                    self.transport._request_path_checkpoints(True)
+                return
+        self.transport._request_path_checkpoints(False)
 
 
 def _tune(conn: sqlite3.Connection) -> None:
@@ -500,6 +515,10 @@ class LocalTransport:
         self._retired_checkpointers: list[_Checkpointer] = []
         self._request_autocheckpoint = 0
         self._checkpoint_generation = 0
+        #: Per thread (event loop) ident: the sends of this turn (see send).
+        self._sends_this_turn: dict[int, list[tuple[str, bytes, asyncio.Future[object]]]] = {}
+        #: Transactions that committed several sends together.
+        self.sends_together = 0
 
     # ---- connections ----
 
@@ -757,17 +776,20 @@ class LocalTransport:
         return generation
 
     def _request_path_checkpoints(self, on: bool) -> None:
-        """(The checkpointer's thread.) The WAL got past FALLBACK_FRAMES
-        despite the checkpointer (on), or is back under control (off)."""
+        """The WAL got past FALLBACK_FRAMES despite the checkpointer (on: a
+        long reader, or the checkpointer's thread running late), or is back
+        under control (off)."""
         wanted = CHECKPOINT_FRAMES if on else 0
-        if wanted != self._request_autocheckpoint:
-            if on:
-                logger.warning(
-                    "chanlite: the WAL keeps growing (a long reader?): "
-                    "sends and receives checkpoint again until it starts over"
+        if wanted == self._request_autocheckpoint:
+            return
+        with self._layer.receive_lock:
+            if wanted != self._request_autocheckpoint:
+                logger.info(
+                    "chanlite: sends and receives checkpoint %s",
+                    "again: the WAL keeps growing" if on else "no more: the WAL started over",
                 )
-            self._request_autocheckpoint = wanted
-            self._checkpoint_generation += 1
+                self._request_autocheckpoint = wanted
+                self._checkpoint_generation += 1
 
     def _wrote(self) -> None:
         """A call of the layer's committed a write: the checkpointer (started
@@ -796,13 +818,92 @@ class LocalTransport:
     # ---- the layer's calls ----
 
     async def send(self, channel: str, data: bytes) -> None:
-        sent = self._try_on_loop(self.call_on, "SELECT channel_send(?, ?)", channel, data)
-        if sent is not _ON_POOL:
-            self._wrote()
-        else:
-            await self._call(
-                self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
-            )
+        """Group commit. The first send of a turn of this thread's event loop
+        commits at once, on its own, as it did before group commit (a lone
+        sender waits for nobody); the sends that other coroutines make in
+        the rest of that turn wait for its end and commit together in one
+        transaction on the loop connection (_send_together). Each returns
+        once its commit has. One that cannot run there (locked, no loop
+        connection) runs on its own in the pool."""
+        if self._memory is None and self._layer.loop_calls:
+            loop = asyncio.get_running_loop()
+            ident = threading.get_ident()
+            waiting = self._sends_this_turn.get(ident)
+            if waiting is None:
+                self._sends_this_turn[ident] = []  # this turn has sent
+                loop.call_soon(self._send_together, ident)
+                outcome = self._try_on_loop(self._send_all_on, [(channel, data, None)])
+                if not isinstance(outcome, _OnPool):
+                    if isinstance(outcome[0], Exception):
+                        raise outcome[0]
+                    self._wrote()
+                    return
+            else:
+                sent: asyncio.Future[object] = loop.create_future()
+                waiting.append((channel, data, sent))
+                if await sent is not _ON_POOL:
+                    return
+        await self._call(
+            self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
+        )
+
+    def _send_together(self, ident: int) -> None:
+        """(End of a loop turn, on its thread.) Commit the turn's sends: one
+        alone as its own transaction, several in one, each in a savepoint
+        of its own (chanlite's, inside a transaction), so that a full
+        channel fails only its own send. A send cancelled before this ran
+        is left out: not sent."""
+        turn = [s for s in self._sends_this_turn.pop(ident, []) if not s[2].cancelled()]
+        if not turn:
+            return
+        try:
+            outcomes = self._try_on_loop(self._send_all_on, turn)
+        except Exception as e:  # the transaction failed as a whole: nothing was sent
+            for _, _, sent in turn:
+                if not sent.done():
+                    sent.set_exception(e)
+            return
+        if isinstance(outcomes, _OnPool):
+            outcomes = [_ON_POOL] * len(turn)
+        for (_, _, sent), outcome in zip(turn, outcomes, strict=True):
+            if sent.done():
+                continue
+            if isinstance(outcome, Exception):
+                sent.set_exception(outcome)
+            else:
+                if outcome is not _ON_POOL:
+                    self._wrote()
+                sent.set_result(outcome)
+
+    def _send_all_on(
+        self, conn: sqlite3.Connection, turn: Sequence[tuple[str, bytes, object]]
+    ) -> list[object]:
+        """Each send's outcome (None, or the error it raises); raises, having
+        sent nothing, if the transaction cannot begin or commit."""
+        if len(turn) == 1:
+            channel, data, _ = turn[0]
+            try:
+                self.call_on(conn, "SELECT channel_send(?, ?)", channel, data)
+            except (ChannelFull, TypeError) as e:
+                return [e]
+            return [None]
+        conn.execute("BEGIN IMMEDIATE")  # busy timeout 0: locked fails at once
+        try:
+            outcomes: list[object] = []
+            for channel, data, _ in turn:
+                try:
+                    self.call_on(conn, "SELECT channel_send(?, ?)", channel, data)
+                except (ChannelFull, TypeError) as e:
+                    outcomes.append(e)
+                else:
+                    outcomes.append(None)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.sends_together += 1
+        return outcomes
 
     async def group_send(self, group: str, data: bytes) -> int:
         delivered: int = await self._call(
@@ -1125,6 +1226,7 @@ class LocalTransport:
                 _INHERITED.append(checkpointer.conn)
         self._checkpointer = None
         self._retired_checkpointers = []
+        self._sends_this_turn = {}
         bell, self._bell = self._bell, None
         if bell is not None:
             bell.retire()  # closes this process's copy of the descriptor only

@@ -131,14 +131,6 @@ async def test_a_stuck_wal_makes_requests_checkpoint_again(
             if transport._request_autocheckpoint:
                 break
         assert transport._request_autocheckpoint > 0, "the stuck WAL went unnoticed"
-        assert transport._checkpointer is not None
-        assert transport._checkpointer.restart_failures > 0
-        await layer.send("st", {"type": "m", "i": -1})  # applies the setting on the loop
-        assert (await layer.receive("st"))["i"] == -1
-        for loop_conn in transport._loop_conns.values():
-            assert loop_conn.conn is not None
-            setting = loop_conn.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-            assert setting == 0, "chanlite's WAL hook stands in for SQLite's: the pragma says 0"
         reader.execute("COMMIT")
         for i in range(400):
             await layer.send("st", {"type": "m", "i": i})
