@@ -16,6 +16,11 @@ its queue's wake count), so a commit between its look and its wait leaves a
 ring that wakes it. Elsewhere (not Linux, inotify failing, ``wake="polling"``)
 it looks again with a backoff from 1 to 50 ms. ``layer.wake_method`` says which.
 
+Checkpoints and commits (issue 11): the layer's connections never checkpoint;
+a thread per layer and process does (:class:`_Checkpointer`), keeping the WAL
+bounded. The sends that one event loop's coroutines make in one turn commit
+together (:meth:`LocalTransport.send`). See docs/performance-notes.md.
+
 Test mode: ``path=":memory:"`` is one in-memory database per process
 (:class:`_MemoryDatabase`), with no bell: sends wake receivers directly.
 
@@ -445,6 +450,8 @@ class _Checkpointer:
         if frames is not None:
             last, copied = frames
             if last - copied < CHECKPOINT_FRAMES and last < RESTART_FRAMES:
+                # Small again (request connections may have done it).
+                self.transport._request_path_checkpoints(False)
                 return
         conn = self._connection()
         _, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -701,11 +708,9 @@ class LocalTransport:
         connection's busy timeout is 0, so a call that would wait for a lock
         fails at once with SQLITE_BUSY instead, having done nothing (chanlite
         undoes a failed call), and the pool retries it, waiting there.
-        What still runs here is SQLite's auto-checkpoint, when a commit finds
-        the WAL past 1,000 pages: a few milliseconds of fsync every few
-        hundred commits. (Moving it to the pool with wal_autocheckpoint=0
-        was tried: checkpoints racing the loop's writes often failed to let
-        the WAL start over, and FULL ones stalled writers for seconds.)"""
+        Checkpoints do not run here: the checkpointer's thread does them
+        (_Checkpointer), unless the WAL outgrew its bound, when request
+        connections checkpoint again until it starts over."""
         self._layer.check_process()
         gate = self._gate
         gate.enter()

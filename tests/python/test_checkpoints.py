@@ -115,6 +115,7 @@ async def test_a_stuck_wal_makes_requests_checkpoint_again(
     """A reader that never ends keeps every RESTART from finishing: past
     FALLBACK_FRAMES the request connections checkpoint again (the bound as
     it was before the checkpointer), and stop once the WAL starts over."""
+    monkeypatch.setattr(local, "CHECKPOINT_FRAMES", 100)
     monkeypatch.setattr(local, "RESTART_FRAMES", 200)
     monkeypatch.setattr(local, "FALLBACK_FRAMES", 400)
     layer = SQLiteChannelLayer(path=db_path, capacity=100_000)

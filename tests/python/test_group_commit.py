@@ -21,11 +21,15 @@ async def layer(db_path: str) -> AsyncIterator[SQLiteChannelLayer]:
     layer = SQLiteChannelLayer(path=db_path, capacity=100)
     await layer.send("warm", {"type": "warm"})  # opens the loop connection
     await layer.receive("warm")
-    for _ in range(100):
-        if layer.transport._loop_conns:
+
+    def opened() -> bool:
+        return any(c.conn is not None for c in layer.transport._loop_conns.values())
+
+    for _ in range(500):
+        if opened():
             break
         await asyncio.sleep(0.01)
-    assert layer.transport._loop_conns, "the loop connection never opened"
+    assert opened(), "the loop connection never opened"
     yield layer
     await layer.flush()
     await layer.close()
