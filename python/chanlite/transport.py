@@ -16,7 +16,7 @@ through one :class:`Transport`:
 
 A transport is made by the layer's ``__init__``, once the layer's settings
 are set, and is given the layer as its :class:`Host`. It stores the settings
-(:meth:`Host` attributes ``expiry``, ``group_expiry``, ``capacity``,
+(the :class:`Host` attributes ``expiry``, ``group_expiry``, ``capacity``,
 ``capacity_globs``) in the database before its first call there, with
 ``chanlite_config(key, value)`` and ``chanlite_capacity(glob, n)``, and again
 after :meth:`Transport.close` (the layer may be used after close()).
@@ -63,9 +63,9 @@ made by this process are kicked by the layer itself, through
 the commit. A transport that cannot watch returns None from arm() and
 receivers poll.
 
-Fork. The layer registers with ``os.register_at_fork`` and calls
-:meth:`Transport.before_fork`, :meth:`Transport.after_fork_in_parent` and
-:meth:`Transport.after_fork_in_child`. No connection, socket, thread or watch
+Fork. The layer registers with :mod:`chanlite.fork` (``os.register_at_fork``)
+and calls :meth:`Transport.before_fork`, :meth:`Transport.after_fork_in_parent`
+and :meth:`Transport.after_fork_in_child`. No connection, socket, thread or watch
 of the parent may be used by the child (SQLite forbids it for connections; a
 shared socket or inotify descriptor would steal each other's replies and
 notices). A fork that Python did not see is noticed by the layer
