@@ -326,11 +326,11 @@ class _MemoryDatabase:
 #: checkpoint due (SQLite's default auto-checkpoint); the WAL size in frames
 #: past which a RESTART is tried, and how long it waits for readers; and the
 #: size past which request connections checkpoint again, as a last resort.
-CHECKPOINT_SIGNAL_EVERY = 32
+CHECKPOINT_SIGNAL_EVERY = 16
 CHECKPOINT_FRAMES = 1000
-RESTART_FRAMES = 1200
+RESTART_FRAMES = 1000
 RESTART_WAIT_MS = 5
-FALLBACK_FRAMES = 1800
+FALLBACK_FRAMES = 1100
 
 
 class _Checkpointer:
@@ -447,11 +447,16 @@ class _Checkpointer:
 
     def _checkpoint_if_due(self) -> None:
         frames = self._frames()
+        if self.transport._request_autocheckpoint:
+            # Request connections checkpoint (the fallback): checkpoints of
+            # this thread would only race theirs. Hand back once the WAL
+            # has started over.
+            if frames is not None and frames[0] < CHECKPOINT_FRAMES:
+                self.transport._request_path_checkpoints(False)
+            return
         if frames is not None:
             last, copied = frames
             if last - copied < CHECKPOINT_FRAMES and last < RESTART_FRAMES:
-                # Small again (request connections may have done it).
-                self.transport._request_path_checkpoints(False)
                 return
         conn = self._connection()
         _, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -463,8 +468,6 @@ class _Checkpointer:
                 self.restart_failures += 1
                 if log >= FALLBACK_FRAMES:
                     self.transport._request_path_checkpoints(True)
-                return
-        self.transport._request_path_checkpoints(False)
 
 
 def _tune(conn: sqlite3.Connection) -> None:
@@ -789,7 +792,7 @@ class LocalTransport:
             return
         with self._layer.receive_lock:
             if wanted != self._request_autocheckpoint:
-                logger.info(
+                logger.debug(
                     "chanlite: sends and receives checkpoint %s",
                     "again: the WAL keeps growing" if on else "no more: the WAL started over",
                 )
