@@ -526,7 +526,11 @@ class LocalTransport:
         self._request_autocheckpoint = 0
         self._checkpoint_generation = 0
         #: Per thread (event loop) ident: the sends of this turn (see send).
-        self._sends_this_turn: dict[int, list[tuple[str, bytes, asyncio.Future[object]]]] = {}
+        #: (A loop that was stopped before the end of its turn leaves its
+        #: entry behind: the loop is kept, so that another is not misled.)
+        self._sends_this_turn: dict[
+            int, tuple[asyncio.AbstractEventLoop, list[tuple[str, bytes, asyncio.Future[object]]]]
+        ] = {}
         #: Transactions that committed several sends together.
         self.sends_together = 0
 
@@ -836,10 +840,11 @@ class LocalTransport:
         if self._memory is None and self._layer.loop_calls:
             loop = asyncio.get_running_loop()
             ident = threading.get_ident()
-            waiting = self._sends_this_turn.get(ident)
-            if waiting is None:
-                self._sends_this_turn[ident] = []  # this turn has sent
-                loop.call_soon(self._send_together, ident)
+            entry = self._sends_this_turn.get(ident)
+            if entry is None or entry[0] is not loop:
+                waiting: list[tuple[str, bytes, asyncio.Future[object]]] = []
+                self._sends_this_turn[ident] = (loop, waiting)  # this turn has sent
+                loop.call_soon(self._send_together, ident, waiting)
                 outcome = self._try_on_loop(self._send_all_on, [(channel, data, None)])
                 if not isinstance(outcome, _OnPool):
                     if isinstance(outcome[0], Exception):
@@ -848,20 +853,25 @@ class LocalTransport:
                     return
             else:
                 sent: asyncio.Future[object] = loop.create_future()
-                waiting.append((channel, data, sent))
+                entry[1].append((channel, data, sent))
                 if await sent is not _ON_POOL:
                     return
         await self._call(
             self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
         )
 
-    def _send_together(self, ident: int) -> None:
+    def _send_together(
+        self, ident: int, waiting: list[tuple[str, bytes, asyncio.Future[object]]]
+    ) -> None:
         """(End of a loop turn, on its thread.) Commit the turn's sends: one
         alone as its own transaction, several in one, each in a savepoint
         of its own (chanlite's, inside a transaction), so that a full
         channel fails only its own send. A send cancelled before this ran
         is left out: not sent."""
-        turn = [s for s in self._sends_this_turn.pop(ident, []) if not s[2].cancelled()]
+        entry = self._sends_this_turn.get(ident)
+        if entry is not None and entry[1] is waiting:
+            del self._sends_this_turn[ident]
+        turn = [s for s in waiting if not s[2].cancelled()]
         if not turn:
             return
         try:

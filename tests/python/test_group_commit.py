@@ -117,3 +117,35 @@ async def test_a_locked_database_sends_each_through_the_pool(
     assert layer.transport.loop_fallbacks > fallbacks
     got = sorted([(await layer.receive("gc.locked"))["i"] for _ in range(4)])
     assert got == [0, 1, 2, 3]
+
+
+def test_a_loop_stopped_before_its_turn_ended_leaves_no_trap(db_path: str) -> None:
+    """A loop stopped in the turn of a send, before its end-of-turn callback
+    ran, then closed: the next event loop of the thread must send all the
+    same (not wait for that callback)."""
+    layer = SQLiteChannelLayer(path=db_path)
+
+    def opened() -> bool:
+        return any(c.conn is not None for c in layer.transport._loop_conns.values())
+
+    loop = asyncio.new_event_loop()
+    try:
+        for _ in range(500):
+            loop.run_until_complete(layer.send("gc.loops", {"type": "m", "i": -1}))
+            if opened():
+                break
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert opened(), "the loop connection never opened"
+        sending = loop.create_task(layer.send("gc.loops", {"type": "m", "i": 0}))
+        loop.call_soon(loop.stop)  # in the same turn as the send
+        loop.run_forever()
+        assert sending.done() and sending.exception() is None
+    finally:
+        loop.close()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(layer.send("gc.loops", {"type": "m", "i": 1}), 10))
+        loop.run_until_complete(layer.flush())
+        loop.run_until_complete(layer.close())
+    finally:
+        loop.close()
