@@ -55,6 +55,9 @@ from layers import FactoryContext, LayerSpec, Unavailable  # noqa: E402
 MP = mp.get_context("spawn")
 WINDOW = 100  # saturated point-to-point: at most this many messages sent and not yet received
 CONSUMER_PROCS = 4  # fan-out and idle consumers are spread over this many processes
+MANY_PRODUCERS = 2  # many producers: processes sending at once ...
+MANY_COROUTINES = 8  # ... each with this many coroutines sending at once
+MANY_CONSUMERS = 2  # ... to this many consumer processes
 IDLE_CONSUMERS = 100
 PY_MODULES = (
     "channels",
@@ -351,6 +354,52 @@ class Bench:
             "full": producer["full"],
         }
 
+    def many(self, spec: LayerSpec, seconds: float) -> dict[str, Any]:
+        """MANY_PRODUCERS producer processes of MANY_COROUTINES coroutines each, sending 100 B
+        messages at once to MANY_CONSUMERS consumer processes: messages per second received in
+        all, from the first timed message received to the last."""
+        consumers, producers = MANY_CONSUMERS, MANY_PRODUCERS
+        counters = MP.RawArray("q", 2 * consumers + producers)
+        params: dict[str, Any] = {
+            "size": 100,
+            "duration": seconds,
+            "window": WINDOW * producers * MANY_COROUTINES // 4,
+            "pause": 0.0005 if spec.cross_process else 0.0,
+            "coroutines": MANY_COROUTINES,
+            "consumers": consumers,
+            "producers": producers,
+        }
+        limit = seconds + 120
+        with Workers() as w:
+            if spec.cross_process:
+                ids = [f"consumer{k}" for k in range(consumers)]
+                for k, rid in enumerate(ids):
+                    w.start(rid, "many_consumer", spec, {**params, "index": k}, counters)
+                ready = w.expect("ready", ids, 120)
+                channels = [ready[rid] for rid in ids]
+                pids = [f"producer{p}" for p in range(producers)]
+                for p, rid in enumerate(pids):
+                    w.start(
+                        rid,
+                        "many_producer",
+                        spec,
+                        {**params, "index": p, "channels": channels},
+                        counters,
+                    )
+                res = w.expect("result", [*pids, *ids], limit)
+                got = [res[rid] for rid in ids]
+                sent = sum(res[rid]["sent"] for rid in pids)
+            else:
+                w.start("inproc", "many_inproc", spec, params, counters)
+                res = w.expect("result", ["inproc"], limit)["inproc"]
+                got = res["consumers"]
+                sent = sum(p["sent"] for p in res["producers"])
+        received = sum(c["received"] for c in got)
+        first = min(c["first"] for c in got if c["received"])
+        last = max(c["last"] for c in got if c["received"])
+        rate = (received - 1) / ((last - first) / 1e9) if received > 1 and last > first else 0.0
+        return {"rate": rate, "sent": sent, "received": received}
+
     def fanout(self, spec: LayerSpec, total: int, run: int) -> tuple[list[float], str | None]:
         plan = self.plan
         group = f"bench-fanout-{total}-{run}-{uuid.uuid4().hex[:8]}"
@@ -592,7 +641,7 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-WORKLOADS = ("throughput", "latency", "fanout", "idle")
+WORKLOADS = ("throughput", "many", "latency", "fanout", "idle")
 
 
 def measure(
@@ -648,6 +697,25 @@ def measure(
                     f"  {res['rate']:,.0f} msg/s"
                     + (f", p50 {lat['p50']:.2f} ms p99 {lat['p99']:.2f} ms" if lat else "")
                 )
+        flush_all()
+
+    # 1b: many producers at once (issue 11), 100 B
+    for run in range(plan.runs if "many" in workloads else 0):
+        for spec in specs:
+            log(f"many producers, run {run + 1}/{plan.runs}: {spec.name}")
+            res = attempt(("tp_many",), spec, lambda s=spec: bench.many(s, plan.tp_seconds))
+            if res is None:
+                continue
+            results.add("tp_many", spec.name, res["rate"])
+            if res["received"] != res["sent"]:
+                results.note(
+                    "tp_many",
+                    spec.name,
+                    f"{res['sent'] - res['received']} of {res['sent']} messages lost",
+                    run + 1,
+                )
+            log(f"  {res['rate']:,.0f} msg/s")
+    if "many" in workloads:
         flush_all()
 
     # 2a: latency at a low, paced rate

@@ -172,6 +172,80 @@ async def p2p_produce(
     return {"sent": i, "elapsed": elapsed, "full": stats.get("full", 0)}
 
 
+# --- many producers -----------------------------------------------------------------------
+# MANY_PRODUCERS processes x MANY_COROUTINES coroutines send at once to MANY_CONSUMERS consumer
+# processes (coroutine j of producer p to consumer (p * coroutines + j) % consumers).
+# counters[k]: timed messages consumer k got; counters[consumers + k]: its warm-up messages;
+# counters[2 * consumers + p]: messages producer p sent.
+
+
+async def many_consume(
+    layer: Any, channel: str, index: int, consumers: int, producers: int, counters: Counters
+) -> dict[str, Any]:
+    got = 0
+    first = last = 0
+    sent = 0
+    stops = 0
+    while stops < producers:
+        message = await layer.receive(channel)
+        now = time.monotonic_ns()
+        if message["type"] == "bench.stop":
+            sent += int(message["sent"])
+            stops += 1
+            continue
+        if message["seq"] < 0:
+            counters[consumers + index] += 1
+            continue
+        counters[index] += 1
+        if got == 0:
+            first = now
+        last = now
+        got += 1
+    return {"received": got, "sent": sent, "first": first, "last": last}
+
+
+async def many_produce(
+    layer: Any, index: int, channels: list[str], counters: Counters, params: dict[str, Any]
+) -> dict[str, Any]:
+    payload = b"x" * int(params["size"])
+    coroutines = int(params["coroutines"])
+    window = int(params["window"])
+    pause = float(params["pause"])
+    consumers = len(channels)
+    stats: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    for k, channel in enumerate(channels):  # warm-up, as p2p_produce does
+        while counters[consumers + k] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"consumer {k} got no warm-up message within 60 s")
+            await _send(layer, channel, {"type": "bench", "payload": b"", "seq": -1}, stats)
+            await _wait_for(lambda k=k: counters[consumers + k] > 0, 0.05, pause)
+    await asyncio.sleep(0.05)
+    sent_to = [0] * consumers
+    end = time.monotonic() + float(params["duration"])
+
+    def in_flight() -> int:
+        sent = sum(counters[2 * consumers + p] for p in range(int(params["producers"])))
+        return sent - sum(counters[k] for k in range(consumers))
+
+    async def one(j: int) -> None:
+        k = (index * coroutines + j) % consumers
+        seq = 0
+        while time.monotonic() < end:
+            while in_flight() >= window and time.monotonic() < end:
+                await asyncio.sleep(pause)
+            message = {"type": "bench", "payload": payload, "seq": seq}
+            await _send(layer, channels[k], message, stats)
+            seq += 1
+            sent_to[k] += 1
+            counters[2 * consumers + index] += 1
+
+    await asyncio.gather(*(one(j) for j in range(coroutines)))
+    for k, channel in enumerate(channels):
+        await _send(layer, channel, {"type": "bench.stop", "sent": sent_to[k]}, stats)
+    return {"sent": sum(sent_to), "full": stats.get("full", 0)}
+
+
 # --- fan-out ----------------------------------------------------------------------------------
 # counters[2*k]: members of consumer process k that got a warm-up message;
 # counters[2*k+1]: timed messages consumer process k got.
@@ -307,6 +381,44 @@ async def _p2p_inproc(
     return result
 
 
+async def _many_consumer(
+    layer: Any, params: dict[str, Any], out: Outbox, counters: Counters, flag: Flag | None
+) -> dict[str, Any]:
+    channel = await layer.new_channel()
+    out.put(("ready", params["id"], channel))
+    return await many_consume(
+        layer,
+        channel,
+        int(params["index"]),
+        int(params["consumers"]),
+        int(params["producers"]),
+        counters,
+    )
+
+
+async def _many_producer(
+    layer: Any, params: dict[str, Any], out: Outbox, counters: Counters, flag: Flag | None
+) -> dict[str, Any]:
+    channels = list(params["channels"])
+    return await many_produce(layer, int(params["index"]), channels, counters, params)
+
+
+async def _many_inproc(
+    layer: Any, params: dict[str, Any], out: Outbox, counters: Counters, flag: Flag | None
+) -> dict[str, Any]:
+    consumers, producers = int(params["consumers"]), int(params["producers"])
+    channels = [await layer.new_channel() for _ in range(consumers)]
+    receiving = [
+        asyncio.create_task(many_consume(layer, ch, k, consumers, producers, counters))
+        for k, ch in enumerate(channels)
+    ]
+    produced = await asyncio.gather(
+        *(many_produce(layer, p, channels, counters, params) for p in range(producers))
+    )
+    results = [await asyncio.wait_for(task, 60) for task in receiving]
+    return {"consumers": results, "producers": produced}
+
+
 async def _fanout_consumer(
     layer: Any, params: dict[str, Any], out: Outbox, counters: Counters, flag: Flag | None
 ) -> dict[str, Any]:
@@ -401,6 +513,9 @@ ROLES: dict[str, Role] = {
     "p2p_consumer": _p2p_consumer,
     "p2p_producer": _p2p_producer,
     "p2p_inproc": _p2p_inproc,
+    "many_consumer": _many_consumer,
+    "many_producer": _many_producer,
+    "many_inproc": _many_inproc,
     "fanout_consumer": _fanout_consumer,
     "fanout_producer": _fanout_producer,
     "fanout_inproc": _fanout_inproc,

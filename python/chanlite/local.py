@@ -16,6 +16,11 @@ its queue's wake count), so a commit between its look and its wait leaves a
 ring that wakes it. Elsewhere (not Linux, inotify failing, ``wake="polling"``)
 it looks again with a backoff from 1 to 50 ms. ``layer.wake_method`` says which.
 
+Checkpoints and commits (issue 11): the layer's connections never checkpoint;
+a thread per layer and process does (:class:`_Checkpointer`), keeping the WAL
+bounded. The sends that one event loop's coroutines make in one turn commit
+together (:meth:`LocalTransport.send`). See docs/performance-notes.md.
+
 Test mode: ``path=":memory:"`` is one in-memory database per process
 (:class:`_MemoryDatabase`), with no bell: sends wake receivers directly.
 
@@ -34,10 +39,11 @@ import logging
 import os
 import random
 import sqlite3
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from channels.exceptions import ChannelFull
@@ -135,6 +141,7 @@ class _LoopConnection:
     def __init__(self, conn: sqlite3.Connection | None) -> None:
         self.conn = conn
         self.clock_generation = -1
+        self.checkpoint_generation = -1
 
 
 #: In LocalTransport._loop_conns while a thread's loop connection opens.
@@ -314,6 +321,165 @@ class _MemoryDatabase:
             )
 
 
+#: The checkpointer (see _Checkpointer): how many writes of the layer's
+#: connections between two looks at the WAL; the frames that make a PASSIVE
+#: checkpoint due (SQLite's default auto-checkpoint); the WAL size in frames
+#: past which a RESTART is tried, how long each attempt waits for readers and
+#: how many attempts (short ones, writers going through in between, failed
+#: 1 time in 10 where one 5 ms attempt failed 1 in 2 under load); and the
+#: size past which request connections checkpoint again, as a last resort.
+CHECKPOINT_SIGNAL_EVERY = 16
+CHECKPOINT_FRAMES = 1000
+RESTART_FRAMES = 1000
+RESTART_WAIT_MS = 1
+RESTART_ATTEMPTS = 5
+FALLBACK_FRAMES = 1100
+
+
+class _Checkpointer:
+    """Checkpoints for one layer in this process, on a thread and connection
+    of their own, so that no send or pop pays for one (see
+    docs/performance-notes.md).
+
+    The layer's own connections run with ``wal_autocheckpoint=0``; every
+    CHECKPOINT_SIGNAL_EVERY of their writes (note_write) wake this thread,
+    which reads how far the WAL has grown from its index (the ``-shm`` file,
+    https://sqlite.org/walformat.html: mxFrame and nBackfill, a hint read
+    without a lock) and, once CHECKPOINT_FRAMES frames wait to be copied,
+    runs a PASSIVE checkpoint, as SQLite's auto-checkpoint would.
+
+    A passive checkpoint racing the loop's writes often leaves the last
+    frames uncopied, so the WAL never starts over: past RESTART_FRAMES this
+    thread runs a RESTART checkpoint, waiting RESTART_WAIT_MS at most for
+    readers (it holds the write lock meanwhile: loop calls go to the pool
+    for that long), up to RESTART_ATTEMPTS times. If the WAL still reaches
+    FALLBACK_FRAMES (restarts kept failing: a long reader somewhere; or this
+    thread ran late), the bound is enforced as before this thread existed:
+    request connections checkpoint again (chanlite's WAL hook, ext/disk.c,
+    with its own RESTART logic) until the WAL is small, the writing thread
+    checking every CHECKPOINT_SIGNAL_EVERY writes.
+    """
+
+    def __init__(self, transport: LocalTransport) -> None:
+        self.transport = transport
+        self.pid = os.getpid()
+        self.path = transport._layer.database_path()
+        self.writes = 0
+        self.wanted = threading.Event()
+        self.stopping = False
+        self.conn: sqlite3.Connection | None = None
+        self.shm: int | None = None
+        self.shm_lock = threading.Lock()
+        #: Checkpoints run, restarts tried, restarts that failed (for tests
+        #: and benchmarks).
+        self.passive = 0
+        self.restarts = 0
+        self.restart_failures = 0
+        self.thread = threading.Thread(target=self._run, name="chanlite-checkpoint", daemon=True)
+        self.thread.start()
+
+    def note_write(self) -> None:
+        """A write committed on one of the layer's connections (any thread;
+        an unguarded count: one lost increment only delays a wake-up)."""
+        self.writes += 1
+        if self.writes >= CHECKPOINT_SIGNAL_EVERY:
+            self.writes = 0
+            self.wanted.set()
+            # The bound must not depend on this thread getting the CPU: on
+            # a loaded machine it may run late.
+            frames = self._frames()
+            if frames is not None and frames[0] >= FALLBACK_FRAMES:
+                self.transport._request_path_checkpoints(True)
+
+    def stop(self, timeout: float) -> bool:
+        """End the thread and close its connection; False if the thread was
+        still inside a checkpoint after timeout (its connection is then left
+        open: closing it under the thread would be worse)."""
+        self.stopping = True
+        self.wanted.set()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self.wanted.wait()
+                self.wanted.clear()
+                if self.stopping:
+                    return
+                try:
+                    self._checkpoint_if_due()
+                except (sqlite3.Error, OSError) as e:
+                    logger.warning("chanlite: checkpoint failed (%s)", e)
+        finally:
+            if self.conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.close()
+                self.conn = None
+            with self.shm_lock:
+                if self.shm is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(self.shm)
+                    self.shm = None
+
+    def _frames(self) -> tuple[int, int] | None:
+        """(mxFrame, nBackfill) from the WAL index, or None if unreadable."""
+        with self.shm_lock:  # read by request threads too; closed by stop()
+            if self.shm is None:
+                if self.stopping:
+                    return None
+                try:
+                    self.shm = os.open(self.path + "-shm", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+            try:
+                head = os.pread(self.shm, 100, 0)
+            except OSError:
+                return None
+        if len(head) < 100:
+            return None
+        return int.from_bytes(head[16:20], sys.byteorder), int.from_bytes(
+            head[96:100], sys.byteorder
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self.conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self.conn = conn
+        return self.conn
+
+    def _checkpoint_if_due(self) -> None:
+        frames = self._frames()
+        if self.transport._request_autocheckpoint:
+            # Request connections checkpoint (the fallback): checkpoints of
+            # this thread would only race theirs. Hand back once the WAL
+            # has started over.
+            if frames is not None and frames[0] < CHECKPOINT_FRAMES:
+                self.transport._request_path_checkpoints(False)
+            return
+        if frames is not None:
+            last, copied = frames
+            if last - copied < CHECKPOINT_FRAMES and last < RESTART_FRAMES:
+                return
+        conn = self._connection()
+        _, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.passive += 1
+        if log >= RESTART_FRAMES:
+            self.restarts += 1
+            for attempt in range(RESTART_ATTEMPTS):
+                if attempt:
+                    time.sleep(0.0005)  # let the writers through meanwhile
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                if not busy:
+                    break
+            if busy:
+                self.restart_failures += 1
+                if log >= FALLBACK_FRAMES:
+                    self.transport._request_path_checkpoints(True)
+
+
 def _tune(conn: sqlite3.Connection) -> None:
     """The settings every connection of the layer runs with (WAL and the busy
     timeout are set where the connection is opened)."""
@@ -362,6 +528,21 @@ class LocalTransport:
             self._memory.layers.add(layer)
         self._gate = ForkGate()
         self._gate_shut = False  # this transport's gate was shut for a fork
+        #: Checkpoints off the request path (see _Checkpointer); the
+        #: wal_autocheckpoint the layer's connections run with (0 while the
+        #: checkpointer keeps the WAL bounded), counted in generations.
+        self._checkpointer: _Checkpointer | None = None
+        self._retired_checkpointers: list[_Checkpointer] = []
+        self._request_autocheckpoint = 0
+        self._checkpoint_generation = 0
+        #: Per thread (event loop) ident: the sends of this turn (see send).
+        #: (A loop that was stopped before the end of its turn leaves its
+        #: entry behind: the loop is kept, so that another is not misled.)
+        self._sends_this_turn: dict[
+            int, tuple[asyncio.AbstractEventLoop, list[tuple[str, bytes, asyncio.Future[object]]]]
+        ] = {}
+        #: Transactions that committed several sends together.
+        self.sends_together = 0
 
     # ---- connections ----
 
@@ -377,9 +558,12 @@ class LocalTransport:
             conn = self.open_connection()
             tls.conn = conn
             tls.clock_generation = -1
+            tls.checkpoint_generation = -1
             with self._layer.receive_lock:
                 self._connections.append(conn)
         self._configure(conn)  # again after a failure (a locked database)
+        if tls.checkpoint_generation != self._checkpoint_generation:
+            tls.checkpoint_generation = self._set_autocheckpoint(conn)
         if tls.clock_generation != self._clock_generation:
             tls.clock_generation = self._clock_generation
             conn.execute("SELECT chanlite_clock(?)", (self._clock,))
@@ -491,7 +675,9 @@ class LocalTransport:
 
     def _sql(self, sql: str, *params: Any) -> Any:
         """One chanlite call in this thread; its single value."""
-        return self.call_on(self._connection(), sql, *params)
+        result = self.call_on(self._connection(), sql, *params)
+        self._wrote()
+        return result
 
     def call_on(self, conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
         """One chanlite call on conn; its single value, with the errors the
@@ -515,12 +701,15 @@ class LocalTransport:
 
     def _recv_batch_on(self, conn: sqlite3.Connection, queue: str, want: int) -> list[Row]:
         try:
-            return conn.execute(
+            rows: list[Row] = conn.execute(
                 "SELECT channel, message, expires_at FROM channel_recv_batch(?, ?)",
                 (queue, want),
             ).fetchall()
         except sqlite3.Error as e:
             raise self._translate(e, (queue,)) from e
+        if rows:
+            self._wrote()
+        return rows
 
     # ---- calls on the event loop's thread ----
 
@@ -536,11 +725,9 @@ class LocalTransport:
         connection's busy timeout is 0, so a call that would wait for a lock
         fails at once with SQLITE_BUSY instead, having done nothing (chanlite
         undoes a failed call), and the pool retries it, waiting there.
-        What still runs here is SQLite's auto-checkpoint, when a commit finds
-        the WAL past 1,000 pages: a few milliseconds of fsync every few
-        hundred commits. (Moving it to the pool with wal_autocheckpoint=0
-        was tried: checkpoints racing the loop's writes often failed to let
-        the WAL start over, and FULL ones stalled writers for seconds.)"""
+        Checkpoints do not run here: the checkpointer's thread does them
+        (_Checkpointer), unless the WAL outgrew its bound, when request
+        connections checkpoint again until it starts over."""
         self._layer.check_process()
         gate = self._gate
         gate.enter()
@@ -578,6 +765,8 @@ class LocalTransport:
         if loop_conn.clock_generation != self._clock_generation:
             loop_conn.conn.execute("SELECT chanlite_clock(?)", (self._clock,))
             loop_conn.clock_generation = self._clock_generation
+        if loop_conn.checkpoint_generation != self._checkpoint_generation:
+            loop_conn.checkpoint_generation = self._set_autocheckpoint(loop_conn.conn)
         return loop_conn
 
     def _open_loop_connection(self) -> sqlite3.Connection | None:
@@ -600,6 +789,43 @@ class LocalTransport:
             self._connections.append(conn)
         return conn
 
+    # ---- checkpoints (see _Checkpointer) ----
+
+    def _set_autocheckpoint(self, conn: sqlite3.Connection) -> int:
+        """Give conn the auto-checkpoint in force; the generation it has."""
+        generation = self._checkpoint_generation
+        conn.execute(f"PRAGMA wal_autocheckpoint={self._request_autocheckpoint}")
+        return generation
+
+    def _request_path_checkpoints(self, on: bool) -> None:
+        """The WAL got past FALLBACK_FRAMES despite the checkpointer (on: a
+        long reader, or the checkpointer's thread running late), or is back
+        under control (off)."""
+        wanted = CHECKPOINT_FRAMES if on else 0
+        if wanted == self._request_autocheckpoint:
+            return
+        with self._layer.receive_lock:
+            if wanted != self._request_autocheckpoint:
+                logger.debug(
+                    "chanlite: sends and receives checkpoint %s",
+                    "again: the WAL keeps growing" if on else "no more: the WAL started over",
+                )
+                self._request_autocheckpoint = wanted
+                self._checkpoint_generation += 1
+
+    def _wrote(self) -> None:
+        """A call of the layer's committed a write: the checkpointer (started
+        on the first, and again after close() or a fork) counts it."""
+        checkpointer = self._checkpointer
+        if checkpointer is None or checkpointer.pid != os.getpid():
+            if self._memory is not None:
+                return
+            with self._layer.receive_lock:
+                if self._checkpointer is None or self._checkpointer.pid != os.getpid():
+                    self._checkpointer = _Checkpointer(self)
+                checkpointer = self._checkpointer
+        checkpointer.note_write()
+
     def _loop_connection_opened(
         self, ident: int, epoch: int, opening: asyncio.Future[sqlite3.Connection | None]
     ) -> None:
@@ -614,11 +840,98 @@ class LocalTransport:
     # ---- the layer's calls ----
 
     async def send(self, channel: str, data: bytes) -> None:
-        sent = self._try_on_loop(self.call_on, "SELECT channel_send(?, ?)", channel, data)
-        if sent is _ON_POOL:
-            await self._call(
-                self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
-            )
+        """Group commit. The first send of a turn of this thread's event loop
+        commits at once, on its own, as it did before group commit (a lone
+        sender waits for nobody); the sends that other coroutines make in
+        the rest of that turn wait for its end and commit together in one
+        transaction on the loop connection (_send_together). Each returns
+        once its commit has. One that cannot run there (locked, no loop
+        connection) runs on its own in the pool."""
+        if self._memory is None and self._layer.loop_calls:
+            loop = asyncio.get_running_loop()
+            ident = threading.get_ident()
+            entry = self._sends_this_turn.get(ident)
+            if entry is None or entry[0] is not loop:
+                waiting: list[tuple[str, bytes, asyncio.Future[object]]] = []
+                self._sends_this_turn[ident] = (loop, waiting)  # this turn has sent
+                loop.call_soon(self._send_together, ident, waiting)
+                outcome = self._try_on_loop(self._send_all_on, [(channel, data, None)])
+                if not isinstance(outcome, _OnPool):
+                    if isinstance(outcome[0], Exception):
+                        raise outcome[0]
+                    self._wrote()
+                    return
+            else:
+                sent: asyncio.Future[object] = loop.create_future()
+                entry[1].append((channel, data, sent))
+                if await sent is not _ON_POOL:
+                    return
+        await self._call(
+            self._sql, "SELECT channel_send(?, ?)", channel, data, what=f"send to {channel!r}"
+        )
+
+    def _send_together(
+        self, ident: int, waiting: list[tuple[str, bytes, asyncio.Future[object]]]
+    ) -> None:
+        """(End of a loop turn, on its thread.) Commit the turn's sends: one
+        alone as its own transaction, several in one, each in a savepoint
+        of its own (chanlite's, inside a transaction), so that a full
+        channel fails only its own send. A send cancelled before this ran
+        is left out: not sent."""
+        entry = self._sends_this_turn.get(ident)
+        if entry is not None and entry[1] is waiting:
+            del self._sends_this_turn[ident]
+        turn = [s for s in waiting if not s[2].cancelled()]
+        if not turn:
+            return
+        try:
+            outcomes = self._try_on_loop(self._send_all_on, turn)
+        except Exception as e:  # the transaction failed as a whole: nothing was sent
+            for _, _, sent in turn:
+                if not sent.done():
+                    sent.set_exception(e)
+            return
+        if isinstance(outcomes, _OnPool):
+            outcomes = [_ON_POOL] * len(turn)
+        for (_, _, sent), outcome in zip(turn, outcomes, strict=True):
+            if sent.done():
+                continue
+            if isinstance(outcome, Exception):
+                sent.set_exception(outcome)
+            else:
+                if outcome is not _ON_POOL:
+                    self._wrote()
+                sent.set_result(outcome)
+
+    def _send_all_on(
+        self, conn: sqlite3.Connection, turn: Sequence[tuple[str, bytes, object]]
+    ) -> list[object]:
+        """Each send's outcome (None, or the error it raises); raises, having
+        sent nothing, if the transaction cannot begin or commit."""
+        if len(turn) == 1:
+            channel, data, _ = turn[0]
+            try:
+                self.call_on(conn, "SELECT channel_send(?, ?)", channel, data)
+            except (ChannelFull, TypeError) as e:
+                return [e]
+            return [None]
+        conn.execute("BEGIN IMMEDIATE")  # busy timeout 0: locked fails at once
+        try:
+            outcomes: list[object] = []
+            for channel, data, _ in turn:
+                try:
+                    self.call_on(conn, "SELECT channel_send(?, ?)", channel, data)
+                except (ChannelFull, TypeError) as e:
+                    outcomes.append(e)
+                else:
+                    outcomes.append(None)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.sends_together += 1
+        return outcomes
 
     async def group_send(self, group: str, data: bytes) -> int:
         delivered: int = await self._call(
@@ -801,6 +1114,9 @@ class LocalTransport:
         self._epoch += 1
         self._configured = False
         self._retire_bell()
+        if self._checkpointer is not None:
+            self._retired_checkpointers.append(self._checkpointer)
+            self._checkpointer = None
 
     async def close(self) -> None:
         with self._layer.receive_lock:
@@ -809,11 +1125,24 @@ class LocalTransport:
         self._tls = threading.local()
         for executor in executors:
             await asyncio.to_thread(executor.shutdown, wait=True)
+        with self._layer.receive_lock:
+            checkpointers, self._retired_checkpointers = self._retired_checkpointers, []
+            if self._checkpointer is not None:
+                # Started by a call that ran while closing: the next write
+                # starts another.
+                checkpointers.append(self._checkpointer)
+                self._checkpointer = None
+        for checkpointer in checkpointers:
+            await asyncio.to_thread(self._stop_checkpointer, checkpointer)
         # Only now: a connection that a call in the pool was still opening
         # (a loop's, say) is in the list by the time the pool has stopped.
         with self._layer.receive_lock:
             connections, self._connections = self._connections, []
         await asyncio.to_thread(self._close_connections, connections)
+
+    def _stop_checkpointer(self, checkpointer: _Checkpointer) -> None:
+        if not checkpointer.stop(self._layer.busy_timeout + 1):
+            logger.warning("chanlite: the checkpointer was still running; left behind")
 
     def _close_connections(self, connections: list[sqlite3.Connection]) -> None:
         """Close connections that no call can be using: another event loop's
@@ -890,6 +1219,11 @@ class LocalTransport:
             self._tls = threading.local()
             self._loop_conns = {}
             self._epoch += 1  # a loop connection being opened is stale
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._stop_checkpointer(checkpointer)  # its connection must not cross either
+            if checkpointer.thread.is_alive():
+                self._retired_checkpointers.append(checkpointer)
         self._close_connections(connections)  # the gate is shut already: no wait
         for close in BEFORE_FORK_CLOSE:
             close(self._layer)
@@ -913,6 +1247,14 @@ class LocalTransport:
         self._epoch += 1
         self._executor = None  # its threads are the parent's; never shut them down here
         self._retired_executors = []
+        # The parent's checkpointer threads do not exist here; a connection
+        # one of them could not close before the fork is never touched.
+        for checkpointer in [self._checkpointer, *self._retired_checkpointers]:
+            if checkpointer is not None and checkpointer.conn is not None:
+                _INHERITED.append(checkpointer.conn)
+        self._checkpointer = None
+        self._retired_checkpointers = []
+        self._sends_this_turn = {}
         bell, self._bell = self._bell, None
         if bell is not None:
             bell.retire()  # closes this process's copy of the descriptor only

@@ -8,11 +8,13 @@ import asyncio
 import os
 import sqlite3
 import struct
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 import chanlite
+from chanlite import local
 from chanlite.layer import SQLiteChannelLayer
 
 
@@ -67,3 +69,76 @@ async def test_wal_stays_bounded_with_calls_on_the_loop(db_path: str) -> None:
     # Unchecked, the WAL would hold every one of those writes (over 16 MB).
     assert (await asyncio.to_thread(os.path.getsize, db_path + "-wal")) < 8 << 20
     await layer.close()
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "chanlite-checkpoint"]
+
+
+async def test_checkpoints_run_on_the_checkpointer_not_on_requests(db_path: str) -> None:
+    """The layer's own connections never checkpoint (wal_autocheckpoint=0):
+    the checkpointer thread does, and the WAL still starts over."""
+    layer = SQLiteChannelLayer(path=db_path, capacity=100_000)
+    try:
+        for i in range(1500):  # several thousand WAL frames
+            await layer.send("ck", {"type": "m", "i": i})
+            assert (await layer.receive("ck"))["i"] == i
+        transport = layer.transport
+        assert transport._loop_conns, "no call ran on the loop"
+        for loop_conn in transport._loop_conns.values():
+            assert loop_conn.conn is not None
+            assert loop_conn.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        checkpointer = transport._checkpointer
+        assert checkpointer is not None and checkpointer.passive > 0, "nothing checkpointed"
+        assert (await asyncio.to_thread(os.path.getsize, db_path + "-wal")) < 8 << 20
+    finally:
+        await layer.close()
+
+
+async def test_close_stops_the_checkpointer(db_path: str) -> None:
+    before = len(_checkpoint_threads())
+    layer = SQLiteChannelLayer(path=db_path)
+    await layer.send("a", {"type": "m"})
+    assert len(_checkpoint_threads()) == before + 1
+    await layer.close()
+    assert len(_checkpoint_threads()) == before, "close() left the checkpointer running"
+    await layer.send("a", {"type": "m"})  # used again: a new one
+    assert len(_checkpoint_threads()) == before + 1
+    await layer.flush()
+    await layer.close()
+    assert len(_checkpoint_threads()) == before
+
+
+async def test_a_stuck_wal_makes_requests_checkpoint_again(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that never ends keeps every RESTART from finishing: past
+    FALLBACK_FRAMES the request connections checkpoint again (the bound as
+    it was before the checkpointer), and stop once the WAL starts over."""
+    monkeypatch.setattr(local, "CHECKPOINT_FRAMES", 100)
+    monkeypatch.setattr(local, "RESTART_FRAMES", 200)
+    monkeypatch.setattr(local, "FALLBACK_FRAMES", 400)
+    layer = SQLiteChannelLayer(path=db_path, capacity=100_000)
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        await layer.send("st", {"type": "m"})
+        await layer.receive("st")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM chanlite_message").fetchone()
+        transport = layer.transport
+        for i in range(400):
+            await layer.send("st", {"type": "m", "i": i})
+            assert (await layer.receive("st"))["i"] == i
+            if transport._request_autocheckpoint:
+                break
+        assert transport._request_autocheckpoint > 0, "the stuck WAL went unnoticed"
+        reader.execute("COMMIT")
+        for i in range(400):
+            await layer.send("st", {"type": "m", "i": i})
+            assert (await layer.receive("st"))["i"] == i
+            if not transport._request_autocheckpoint:
+                break
+        assert transport._request_autocheckpoint == 0, "requests kept checkpointing"
+    finally:
+        reader.close()
+        await layer.close()

@@ -339,3 +339,34 @@ def test_django_backend_connection_does_not_cross_fork() -> None:
         cursor.execute("SELECT message FROM channel_recv_batch('dj.fork', 10)")
         got = [msgpack.unpackb(m)["type"] for (m,) in cursor]
     assert sorted(got) == sorted(["parent-before", "child", "parent-after"])
+
+
+@pytest.mark.parametrize("method", ["os.fork", "multiprocessing"])
+def test_checkpointer_does_not_cross_fork(db_path: str, method: str) -> None:
+    """The checkpointer's thread and connection are stopped before a fork;
+    the child starts its own on its first write, the parent again on its."""
+    layer = SQLiteChannelLayer(path=db_path)
+    run(layer.send("ck", {"type": "before"}))
+    before = layer.transport._checkpointer
+    assert before is not None and before.thread.is_alive()
+    before._connection()  # as its first checkpoint would open it (its thread is idle)
+
+    async def child() -> dict[str, Any]:
+        await layer.send("ck", {"type": "child"})
+        mine = layer.transport._checkpointer
+        assert mine is not None
+        result = {"pid": mine.pid, "me": os.getpid(), "alive": mine.thread.is_alive()}
+        await layer.close()
+        return result
+
+    result = in_child(method, child)
+    assert result["pid"] == result["me"] != os.getpid(), "the child uses the parent's"
+    assert result["alive"]
+    assert not before.thread.is_alive(), "the parent's crossed the fork running"
+    assert before.conn is None, "its connection stayed open across the fork"
+    run(layer.send("ck", {"type": "after"}))
+    after = layer.transport._checkpointer
+    assert after is not None and after is not before and after.thread.is_alive()
+    assert after.pid == os.getpid()
+    run(layer.flush())
+    run(layer.close())
