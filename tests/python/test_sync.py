@@ -99,8 +99,11 @@ EXPECTED = {(t, i) for t in range(THREADS) for i in range(PER_THREAD)}
 
 @pytest.fixture
 async def big(db_path: str) -> Any:
-    """A layer whose members can hold everything the threads send."""
-    instance = SQLiteChannelLayer(path=db_path, capacity=THREADS * PER_THREAD * 2)
+    """A layer whose members can hold everything the threads send. The
+    members are one process's `prefix!` channels, whose capacity is shared
+    by the whole prefix: it must hold every member's copy at once, or a
+    lagging receiver makes group_send skip members as full."""
+    instance = SQLiteChannelLayer(path=db_path, capacity=THREADS * PER_THREAD * MEMBERS)
     yield instance
     await instance.flush()
     await instance.close()
