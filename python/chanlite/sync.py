@@ -45,7 +45,7 @@ Fork. SQLite forbids using, or even closing, a connection opened before
 ``fork()`` in the child (closing releases the child's own POSIX locks on the
 file). Calls pass the layer's fork gate, so just before a fork, once the
 calls in flight have ended, the pools' connections are closed (see
-``SQLiteChannelLayer._before_fork``). In a child, the pools start afresh;
+``chanlite.local.LocalTransport.before_fork``). In a child, the pools start afresh;
 a connection that still crossed the fork (a fork Python did not see) is
 never touched again: kept referenced for good (:data:`_inherited`), so no
 finalizer closes it, not even at interpreter exit.
@@ -68,9 +68,8 @@ from typing import Any
 
 from channels import DEFAULT_CHANNEL_LAYER
 
-import chanlite
-from chanlite import layer as _layer
 from chanlite.layer import SQLiteChannelLayer
+from chanlite.local import BEFORE_FORK_CLOSE, LocalTransport, is_locked, pause_or_give_up
 
 __all__ = [
     "MAX_IDLE",
@@ -130,13 +129,13 @@ class _Pool:
         self.opened = 0
         self.closed = 0
 
-    def checkout(self, layer: SQLiteChannelLayer) -> _Pooled:
+    def checkout(self, transport: LocalTransport) -> _Pooled:
         stale: list[_Pooled] = []
         pooled: _Pooled | None = None
         with self.lock:
             while self.idle:
                 candidate = self.idle.pop()  # the most recently used: its cache is warm
-                if candidate.epoch == layer._epoch:
+                if candidate.epoch == transport.epoch:
                     pooled = candidate
                     break
                 stale.append(candidate)
@@ -144,17 +143,14 @@ class _Pool:
         self._close(stale)
         try:
             if pooled is None:
-                pooled = self._open(layer)
-            layer._configure(pooled.conn)  # again after layer.close(), or a locked first try
-            if pooled.clock_generation != layer._clock_generation:
-                pooled.conn.execute("SELECT chanlite_clock(?)", (layer._clock,))
-                pooled.clock_generation = layer._clock_generation
+                pooled = self._open(transport)
+            pooled.clock_generation = transport.prepare(pooled.conn, pooled.clock_generation)
         except BaseException:
-            self.checkin(layer, pooled, reuse=False)
+            self.checkin(transport, pooled, reuse=False)
             raise
         return pooled
 
-    def checkin(self, layer: SQLiteChannelLayer, pooled: _Pooled | None, reuse: bool) -> None:
+    def checkin(self, transport: LocalTransport, pooled: _Pooled | None, reuse: bool) -> None:
         if pooled is not None and pooled.pid != os.getpid():
             _inherit(pooled.conn)  # checked out before a fork, in the thread that forked
             return
@@ -162,31 +158,19 @@ class _Pool:
             self.in_use -= 1
             if pooled is None:
                 return
-            if reuse and pooled.epoch == layer._epoch and len(self.idle) < self.max_idle:
+            if reuse and pooled.epoch == transport.epoch and len(self.idle) < self.max_idle:
                 self.idle.append(pooled)
                 return
         self._close([pooled])
 
-    def _open(self, layer: SQLiteChannelLayer) -> _Pooled:
-        """A connection as the layer's own: WAL, synchronous=NORMAL, its busy timeout."""
-        conn = chanlite.connect(
-            layer.database_path(),
-            timeout=layer.busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,  # a thread checks it out, another may next
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout={int(layer.busy_timeout * 1000)}")
-            layer._use_wal(conn)
-            _layer._tune(conn)
-        except BaseException:
-            conn.close()
-            raise
+    def _open(self, transport: LocalTransport) -> _Pooled:
+        """A connection as the layer's own (a thread checks it out, another may next)."""
+        conn = transport.open_connection()
         with _state_lock:
             _opened.add(conn)
         with self.lock:
             self.opened += 1
-        return _Pooled(conn, layer._epoch)
+        return _Pooled(conn, transport.epoch)
 
     def _close(self, pooled: list[_Pooled]) -> None:
         for p in pooled:
@@ -256,7 +240,7 @@ def _close_for_fork(layer: SQLiteChannelLayer) -> None:
         pool.close_idle()
 
 
-_layer.BEFORE_FORK_CLOSE.append(_close_for_fork)
+BEFORE_FORK_CLOSE.append(_close_for_fork)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
@@ -321,9 +305,20 @@ def _refuse_inside_atomic(layer: SQLiteChannelLayer, call: str) -> None:
         )
 
 
+def _transport(layer: SQLiteChannelLayer) -> LocalTransport:
+    """The layer's transport, which must be on a database file (or in memory)."""
+    transport = layer.transport
+    if not isinstance(transport, LocalTransport):
+        raise TypeError(
+            f"chanlite: chanlite.sync needs a layer on a database file, not on "
+            f"{type(transport).__name__}: use async_to_sync(layer.group_send) for it"
+        )
+    return transport
+
+
 @contextlib.contextmanager
-def _connection(layer: SQLiteChannelLayer, pool: _Pool) -> Iterator[sqlite3.Connection]:
-    pooled = pool.checkout(layer)
+def _connection(transport: LocalTransport, pool: _Pool) -> Iterator[sqlite3.Connection]:
+    pooled = pool.checkout(transport)
     reuse = False
     try:
         yield pooled.conn
@@ -334,28 +329,34 @@ def _connection(layer: SQLiteChannelLayer, pool: _Pool) -> Iterator[sqlite3.Conn
         reuse = not pooled.conn.in_transaction
         raise
     finally:
-        pool.checkin(layer, pooled, reuse)
+        pool.checkin(transport, pooled, reuse)
 
 
 def _once(layer: SQLiteChannelLayer, sql: str, params: tuple[Any, ...]) -> Any:
-    memory = layer._memory
-    if memory is not None:
+    transport = _transport(layer)
+    if transport.in_memory:
         # Test mode: the in-memory database has one connection, used only by
         # its own thread.
-        return memory.executor.submit(layer._sql, sql, *params).result()
+        return transport.call_in_memory(sql, *params)
     pool = _pool(layer)
     # Inside the layer's fork gate, as its own calls: a fork() waits for the
     # call to end, then closes the pool's connections (_close_for_fork).
-    gate = layer._gate
+    gate = transport.gate
     gate.enter()
     try:
-        return _once_on(layer, pool, sql, params)
+        return _once_on(layer, transport, pool, sql, params)
     finally:
         gate.leave()
 
 
-def _once_on(layer: SQLiteChannelLayer, pool: _Pool, sql: str, params: tuple[Any, ...]) -> Any:
-    with _connection(layer, pool) as conn:
+def _once_on(
+    layer: SQLiteChannelLayer,
+    transport: LocalTransport,
+    pool: _Pool,
+    sql: str,
+    params: tuple[Any, ...],
+) -> Any:
+    with _connection(transport, pool) as conn:
         # Every call writes, and SQLite lets one connection write at a time.
         # Threads of this process take turns on a mutex, which hands over
         # at once, instead of each waiting in SQLite's busy handler, which
@@ -365,7 +366,7 @@ def _once_on(layer: SQLiteChannelLayer, pool: _Pool, sql: str, params: tuple[Any
         # ahead and waits for SQLite's lock (other processes hold it too).
         turn = pool.turn.acquire(timeout=layer.busy_timeout)
         try:
-            return layer._sql_on(conn, sql, *params)
+            return transport.call_on(conn, sql, *params)
         finally:
             if turn:
                 pool.turn.release()
@@ -373,17 +374,17 @@ def _once_on(layer: SQLiteChannelLayer, pool: _Pool, sql: str, params: tuple[Any
 
 def _call(layer: SQLiteChannelLayer, what: str, sql: str, *params: Any) -> Any:
     """One chanlite call, retried as the layer's async calls are (see
-    SQLiteChannelLayer._call): a locked call changed nothing."""
+    LocalTransport._call): a locked call changed nothing."""
     started = time.monotonic()
     attempt = 0
     while True:
         try:
             result = _once(layer, sql, params)
         except sqlite3.OperationalError as e:
-            if not _layer._is_locked(e):
+            if not is_locked(e):
                 raise
             attempt += 1
-            time.sleep(_layer._pause_or_give_up(what, e, attempt, started, layer))
+            time.sleep(pause_or_give_up(what, e, attempt, started, layer))
             continue
         if attempt:
             logger.info("chanlite: %s succeeded after %d retries", what, attempt)
@@ -399,7 +400,7 @@ def send(channel: str, message: dict[str, Any], *, layer: LayerRef = DEFAULT_CHA
     instance.require_valid_channel_name(channel)
     data = instance.serialize(message)
     sent: int = _call(instance, f"send to {channel!r}", "SELECT channel_send(?, ?)", channel, data)
-    instance._sent(instance.non_local_name(channel))
+    instance.transport.sent(instance.non_local_name(channel))
     return sent
 
 
@@ -417,7 +418,7 @@ def group_send(
         instance, f"group_send to {group!r}", "SELECT group_send(?, ?)", group, data
     )
     if delivered:
-        instance._sent(None)
+        instance.transport.sent(None)
     return delivered
 
 

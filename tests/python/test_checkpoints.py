@@ -63,7 +63,7 @@ async def test_wal_stays_bounded_with_calls_on_the_loop(db_path: str) -> None:
     for i in range(2000):
         await layer.send("wal", {"type": "m", "i": i})
         assert (await layer.receive("wal"))["i"] == i
-    assert layer._loop_conns, "no call ran on the loop"
+    assert layer.transport._loop_conns, "no call ran on the loop"
     # Unchecked, the WAL would hold every one of those writes (over 16 MB).
     assert (await asyncio.to_thread(os.path.getsize, db_path + "-wal")) < 8 << 20
     await layer.close()

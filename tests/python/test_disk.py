@@ -45,7 +45,7 @@ async def test_layer_connections_limit_the_wal(db_path: str) -> None:
     layer = SQLiteChannelLayer(path=db_path)
     try:
         await layer.send("a", {"type": "m"})
-        conn = layer._connection()
+        conn = layer.transport._connection()
         limit = conn.execute("PRAGMA journal_size_limit").fetchone()[0]
         assert limit == chanlite.JOURNAL_SIZE_LIMIT
     finally:

@@ -539,18 +539,18 @@ async def test_close_replacing_thread_state_mid_call_is_harmless(db_path: str) -
     'clock_generation', about once in nine closes)."""
     layer = SQLiteChannelLayer(path=db_path)
     await layer.send("race", {"type": "warm"})
-    layer._connection()  # this thread's connection, now in _tls
-    configure = layer._configure
+    layer.transport._connection()  # this thread's connection, now in _tls
+    configure = layer.transport._configure
 
     def close_meanwhile(conn: sqlite3.Connection) -> None:
-        layer._tls = threading.local()  # what close() does, at the worst moment
+        layer.transport._tls = threading.local()  # what close() does, at the worst moment
         configure(conn)
 
-    layer._configure = close_meanwhile  # type: ignore[method-assign]
+    layer.transport._configure = close_meanwhile  # type: ignore[method-assign]
     try:
-        conn = layer._connection()  # found in the old state, which close() replaces
+        conn = layer.transport._connection()  # found in the old state, which close() replaces
     finally:
-        layer._configure = configure  # type: ignore[method-assign]
+        layer.transport._configure = configure  # type: ignore[method-assign]
     assert conn.execute("SELECT 1").fetchone() == (1,)
     assert (await layer.receive("race"))["type"] == "warm"
     await layer.close()

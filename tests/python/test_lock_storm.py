@@ -56,7 +56,7 @@ async def _warm_layer(
     await layer.send("warm", {"type": "warm-up"})
     assert await layer.receive("warm") == {"type": "warm-up"}
     for _ in range(5000):  # the loop's own connection opens in the pool
-        opened = layer._loop_conns.get(threading.get_ident())
+        opened = layer.transport._loop_conns.get(threading.get_ident())
         if opened is not None and opened.conn is not None:
             break
         await asyncio.sleep(0.001)
@@ -78,7 +78,7 @@ async def test_send_retries_until_the_lock_is_released(
     # once (busy timeout 0 there) and went to the pool, which waits: the
     # event loop itself never waited for the lock.
     assert layer.loop_fallbacks >= 1
-    loop_conn = layer._loop_conns[threading.get_ident()].conn
+    loop_conn = layer.transport._loop_conns[threading.get_ident()].conn
     assert loop_conn is not None
     assert loop_conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
     retries = _locked_retries(caplog, "send to 'storm'")
@@ -173,14 +173,14 @@ async def test_calls_run_on_the_loop_thread_when_nothing_holds_the_lock(
     """Once a loop's connection is open, sends and pops make no pool hop."""
     layer = await _warm_layer(db_path, caplog)
     pool_calls = 0
-    original_submit = layer._submit
+    original_submit = layer.transport._submit
 
     def counting_submit(fn: Callable[..., Any], *args: Any) -> Any:
         nonlocal pool_calls
         pool_calls += 1
         return original_submit(fn, *args)
 
-    layer._submit = counting_submit  # type: ignore[method-assign]
+    layer.transport._submit = counting_submit  # type: ignore[method-assign]
     for i in range(20):
         await layer.send("direct", {"type": "m", "i": i})
     assert [(await layer.receive("direct"))["i"] for _ in range(20)] == list(range(20))
@@ -190,5 +190,5 @@ async def test_calls_run_on_the_loop_thread_when_nothing_holds_the_lock(
     pooled = SQLiteChannelLayer(path=db_path, loop_calls=False)
     await pooled.send("pooled", {"type": "m"})
     assert await pooled.receive("pooled") == {"type": "m"}
-    assert pooled._loop_conns == {}
+    assert pooled.transport._loop_conns == {}
     await pooled.close()

@@ -18,7 +18,8 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from chanlite import _inotify
-from chanlite.layer import SQLiteChannelLayer, _Queue
+from chanlite.layer import SQLiteChannelLayer
+from chanlite.receiver import _Queue
 
 LINUX = sys.platform.startswith("linux")
 needs_inotify = pytest.mark.skipif(not LINUX, reason="inotify is Linux only")
@@ -139,7 +140,7 @@ def _listening(layer: SQLiteChannelLayer) -> int:
     """How many receivers of layer wait for the bell now, in any loop."""
     assert layer.wake_method != "polling", "inotify is not in use"
     with layer._lock:
-        bell = layer._bell
+        bell = layer.transport._bell
         return 0 if bell is None else sum(bell.loops.values())
 
 
@@ -187,7 +188,7 @@ async def test_never_sleeps_through_a_commit(
     monkeypatch.setattr(_Queue, "wait_for_messages", spy_wait)
 
     window: dict[str, Any] = {"round": None, "hits": 0}
-    original_fetch = layer._recv_batch_on  # every pop, on the loop's thread or in the pool
+    original_fetch = layer.transport._recv_batch_on  # every pop, on the loop thread or the pool
 
     def fetch_then_commit(conn: sqlite3.Connection, queue: str, want: int) -> Any:
         rows = original_fetch(conn, queue, want)
@@ -198,7 +199,7 @@ async def test_never_sleeps_through_a_commit(
             window["hits"] += 1
         return rows
 
-    monkeypatch.setattr(layer, "_recv_batch_on", fetch_then_commit)
+    monkeypatch.setattr(layer.transport, "_recv_batch_on", fetch_then_commit)
     specific = await layer.new_channel()
     counts = {"waiting": 0, "at once": 0, "window": 0}
     try:
@@ -295,20 +296,20 @@ async def test_idle_receivers_make_no_calls(layer: SQLiteChannelLayer) -> None:
     commit rings the bell."""
     assert layer.path is not None
     calls = {"n": 0}
-    original_submit = layer._submit
+    original_submit = layer.transport._submit
 
     def counting_submit(fn: Callable[..., Any], *args: Any) -> Any:
         calls["n"] += 1
         return original_submit(fn, *args)
 
-    layer._submit = counting_submit  # type: ignore[method-assign]
-    original_on_loop = layer._try_on_loop  # calls made on the loop's own thread
+    layer.transport._submit = counting_submit  # type: ignore[method-assign]
+    original_on_loop = layer.transport._try_on_loop  # calls made on the loop's own thread
 
     def counting_on_loop(fn: Callable[..., Any], *args: Any) -> Any:
         calls["n"] += 1
         return original_on_loop(fn, *args)
 
-    layer._try_on_loop = counting_on_loop  # type: ignore[method-assign]
+    layer.transport._try_on_loop = counting_on_loop  # type: ignore[method-assign]
     channels = [f"idle-{i}" for i in range(100)]
     tasks = [asyncio.create_task(layer.receive(channel)) for channel in channels]
     await _until(lambda: _listening(layer) == 100, "all 100 receivers wait for the bell")
@@ -359,8 +360,8 @@ async def test_one_descriptor_per_layer_and_no_leaks(db_path: str) -> None:
     await asyncio.to_thread(other_loop)
     assert _listening(layer) == 21
     with layer._lock:
-        assert layer._bell is not None
-        assert list(layer._bell.loops) == [asyncio.get_running_loop()]
+        assert layer.transport._bell is not None
+        assert list(layer.transport._bell.loops) == [asyncio.get_running_loop()]
 
     # async_to_sync: a loop of its own per call.
     await layer.send("fd-sync", {"type": "sync"})
@@ -398,7 +399,7 @@ async def test_receivers_in_several_loops_all_wake(layer: SQLiteChannelLayer) ->
             task = asyncio.create_task(layer.receive(channel))
             for _ in range(20_000):
                 with layer._lock:
-                    bell = layer._bell
+                    bell = layer.transport._bell
                     mine = bell is not None and bell.loops.get(asyncio.get_running_loop())
                 if mine:
                     break
@@ -478,7 +479,7 @@ async def test_fallback_polling(polling_layer: SQLiteChannelLayer) -> None:
     await _core(polling_layer)
     assert polling_layer.wake_method == "polling"
     with polling_layer._lock:
-        assert polling_layer._bell is None
+        assert polling_layer.transport._bell is None
 
 
 @needs_inotify
@@ -520,13 +521,13 @@ async def test_no_second_look_at_an_emptied_queue(layer: SQLiteChannelLayer) -> 
     assert layer.path is not None
     sender = Sender(layer.path)
     looks = {"n": 0}
-    original = layer._recv_batch_on
+    original = layer.transport._recv_batch_on
 
     def counting(conn: sqlite3.Connection, queue: str, want: int) -> Any:
         looks["n"] += 1
         return original(conn, queue, want)
 
-    layer._recv_batch_on = counting  # type: ignore[method-assign]
+    layer.transport._recv_batch_on = counting  # type: ignore[method-assign]
     specific = await layer.new_channel()
     try:
         first = asyncio.create_task(layer.receive(specific))
