@@ -267,7 +267,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         + "` (see its docstring for the cases). Quiet traffic: 4 ordinary channels,"
         " 25 messages/s each, one sender process, one receiver process; in the crowd cases the"
         " receiver's process also holds 10,000 process-specific channels with a receive()"
-        " waiting, and receives one more of its own process-specific channels (`local p99`).",
+        " waiting, and receives one more of its own process-specific channels (`local p99`)."
+        " A flood call is a send (refused: the channel is full) or, in crowd-flood, a"
+        " group_send to the 10,000.",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other work"
         f" (load average {os.getloadavg()[0]:.1f} at the end); Python"
@@ -275,7 +277,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         " of that run's percentile.",
         "",
         "| case | quiet p50 ms | quiet p99 ms | quiet max ms | local p99 ms | send p99 ms"
-        " | lost | out of order | flood ops/s |",
+        " | lost | out of order | flood calls/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
@@ -287,12 +289,16 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             values = [r[key] for r in runs if key in r and r[key] == r[key]]
             return statistics.median(values) if values else float("nan")
 
+        def show(key: str, digits: int = 1) -> str:
+            value = med(key)
+            return "-" if value != value else f"{value:.{digits}f}"  # NaN: not in this case
+
         lost = sum(r["quiet_sent"] - r["quiet_received"] for r in runs)
         lines.append(
-            f"| {case} | {med('latency_p50_ms'):.1f} | {med('latency_p99_ms'):.1f}"
-            f" | {med('latency_max_ms'):.0f} | {med('local_p99_ms'):.1f}"
-            f" | {med('send_p99_ms'):.1f} | {lost}"
-            f" | {sum(r['quiet_out_of_order'] for r in runs)} | {med('flood_ops_per_s'):.0f} |"
+            f"| {case} | {show('latency_p50_ms')} | {show('latency_p99_ms')}"
+            f" | {show('latency_max_ms', 0)} | {show('local_p99_ms')}"
+            f" | {show('send_p99_ms')} | {lost}"
+            f" | {sum(r['quiet_out_of_order'] for r in runs)} | {show('flood_ops_per_s', 0)} |"
         )
     return "\n".join(lines) + "\n"
 
