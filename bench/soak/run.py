@@ -44,6 +44,9 @@ import check
 
 HERE = Path(__file__).resolve().parent
 SLOTS = 4
+#: Seconds after its start during which a process's RSS and descriptors are
+#: not sampled: it is still importing, which says nothing about leaks.
+STARTING = 5.0
 COLUMNS = [
     "t",
     *[f"rss_s{i}_mib" for i in range(SLOTS)],
@@ -60,6 +63,7 @@ COLUMNS = [
     "p99_ms",
     "max_ms",
     "kills",
+    "load1",
 ]
 
 
@@ -83,6 +87,7 @@ class Soak:
             "capacity": 2000,
         }
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.spawned: dict[int, float] = {}
         self.incarnation = dict.fromkeys(range(SLOTS), 0)
         self.kills: list[tuple[int, int, float]] = []
         self.unexpected_exits: list[str] = []
@@ -94,6 +99,7 @@ class Soak:
     def spawn(self, slot: int) -> None:
         inc = self.incarnation[slot]
         env = dict(os.environ, SOAK_SETTINGS=json.dumps(self.settings))
+        self.spawned[slot] = time.monotonic()
         with open(self.dir / f"s{slot}-{inc}.err", "wb") as err:
             self.procs[slot] = subprocess.Popen(
                 [sys.executable, str(HERE / "worker.py"), str(self.dir), str(slot), str(inc)],
@@ -150,6 +156,9 @@ class Soak:
         row: dict[str, float] = {"t": round(time.time() - started, 1)}
         for slot in range(SLOTS):
             pid = self.procs[slot].pid
+            if time.monotonic() - self.spawned[slot] < STARTING:
+                row[f"rss_s{slot}_mib"] = row[f"fds_s{slot}"] = float("nan")  # still importing
+                continue
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
                 rss_kib = int(status.split("VmRSS:")[1].split()[0])
@@ -168,6 +177,7 @@ class Soak:
         for name, p in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99), ("max_ms", 1.0)):
             row[name] = round(percentile(latencies, p), 2)
         row["kills"] = len(self.kills)
+        row["load1"] = os.getloadavg()[0]  # the machine's, other work included
         self.rows.append(row)
         self.csv.writerow(row)
         self.csv_file.flush()
@@ -247,7 +257,7 @@ def plot(rows: list[dict[str, float]], kills: list[float], path: Path, title: st
     import matplotlib.pyplot as plt
 
     minutes = [r["t"] / 60 for r in rows]
-    fig, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    fig, axes = plt.subplots(5, 1, figsize=(10, 13), sharex=True)
     for slot in range(SLOTS):
         style = "-" if slot == 0 else ":"
         label = "process 0 (never killed)" if slot == 0 else f"process {slot}"
@@ -263,7 +273,9 @@ def plot(rows: list[dict[str, float]], kills: list[float], path: Path, title: st
         axes[3].plot(minutes, [r[name] for r in rows], label=name.replace("_ms", ""))
     axes[3].set_ylabel("latency, send to receive (ms)")
     axes[3].set_yscale("log")
-    axes[3].set_xlabel("minutes")
+    axes[4].plot(minutes, [r.get("load1", float("nan")) for r in rows], label="load average, 1 min")
+    axes[4].set_ylabel("machine load (2 cores)")
+    axes[4].set_xlabel("minutes")
     for ax in axes:
         for at in kills:
             ax.axvline(at / 60, color="0.85", linewidth=0.8, zorder=0)
@@ -272,6 +284,20 @@ def plot(rows: list[dict[str, float]], kills: list[float], path: Path, title: st
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def replot(out: Path) -> None:
+    with open(f"{out}.csv", newline="") as f:
+        rows = [
+            {k: float(v) if v else float("nan") for k, v in r.items()} for r in csv.DictReader(f)
+        ]
+    report = json.loads(Path(f"{out}.json").read_text())
+    kills = [k["at"] for k in report["kills"]]
+    minutes = report["settings"]["duration"] / 60
+    title = f"chanlite soak: {minutes:.0f} min, 4 processes, {len(kills)} SIGKILLs"
+    if report.get("note"):
+        title += f"\n{report['note']}"
+    plot(rows, kills, Path(f"{out}.png"), title)
 
 
 def main() -> int:
@@ -290,7 +316,13 @@ def main() -> int:
     parser.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
     parser.add_argument("--note", default="", help="a line for the JSON and the plot's title")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every sample")
+    parser.add_argument(
+        "--replot", action="store_true", help="only plot OUT.csv and OUT.json again"
+    )
     args = parser.parse_args()
+    if args.replot:
+        replot(Path(args.out))
+        return 0
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="chanlite-soak-"))
     # A SIGTERM (a CI timeout) ends the run through the finally below, which
