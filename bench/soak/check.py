@@ -169,11 +169,11 @@ def account(
             if inc.killed_at is not None:
                 verdict.to_killed_local += 1
             else:
-                verdict.lost.append(msg_id)
+                verdict.lost.append(f"{msg_id} to {channel} sent at {sent_at:.3f}")
         elif excuse_normal(channel, sent_at):
             verdict.to_killed_normal += 1
         else:
-            verdict.lost.append(msg_id)
+            verdict.lost.append(f"{msg_id} to {channel} sent at {sent_at:.3f}")
 
     for msg_id, (group, delivered, sent_at) in groups.items():
         got = receipts.get(msg_id, [])
@@ -190,7 +190,7 @@ def account(
             if inc.killed_at is not None:
                 verdict.to_killed_local += len(missing)
             elif missing:
-                verdict.lost.append(f"{msg_id}->{missing[0]}")
+                verdict.lost.append(f"{msg_id} to {group} ({missing[0]}) sent at {sent_at:.3f}")
     return verdict
 
 

@@ -363,7 +363,7 @@ def main() -> int:
             title += f"\n{args.note}"
         plot(soak.rows, [at - started for _, _, at in soak.kills], Path(f"{args.out}.png"), title)
     print(json.dumps(summary, indent=2))
-    if args.keep:
+    if args.keep or not summary["ok"]:
         print(f"working directory kept: {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)

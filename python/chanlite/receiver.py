@@ -145,8 +145,10 @@ class _Queue:
                 self.waiters.setdefault(channel, []).append(waiter)
                 self._note(channel)
                 self._ensure_receiver(loop)
+            woken = False
             try:
                 await fut
+                woken = True
             finally:
                 with lock:
                     waiting = self.waiters.get(channel, [])
@@ -164,7 +166,14 @@ class _Queue:
                         and self._demand() == 0
                     ):
                         self._kick()  # a waiting receiver stops: nobody needs it
-                    self.layer._forget_if_idle(self)
+                    # Woken, this get() looks again in this same queue, and
+                    # waits in it if it finds nothing: forgotten now, the
+                    # queue would get a receiver of its own beside the one
+                    # a new receive() starts, and what it popped would wait
+                    # in buffers no later receive() looks at (lost with a
+                    # cancelled receive(): bench/soak found it).
+                    if not woken:
+                        self.layer._forget_if_idle(self)
 
     def _take(self, channel: str) -> bytes | str | None:
         buffer = self.buffers.get(channel)
