@@ -121,6 +121,7 @@ def account(
     expiry: float,
     normal_receivers: int,
     slots: int,
+    group_expiry: float | None = None,
 ) -> Verdict:
     verdict = Verdict()
     incarnations = read_incarnations(workdir, kills)
@@ -175,6 +176,7 @@ def account(
         else:
             verdict.lost.append(f"{msg_id} to {channel} sent at {sent_at:.3f}")
 
+    group_expiry = expiry * 2 if group_expiry is None else group_expiry
     for msg_id, (group, delivered, sent_at) in groups.items():
         got = receipts.get(msg_id, [])
         if len(got) != len(set(got)):
@@ -188,7 +190,10 @@ def account(
                 continue
             missing = [ch for ch in inc.channels if ch not in got]
             if inc.killed_at is not None:
-                verdict.to_killed_local += len(missing)
+                # Copies go to a killed process's channels only while its
+                # memberships live: until group_expiry after its death.
+                if sent_at < inc.killed_at + group_expiry:
+                    verdict.to_killed_local += len(missing)
             elif missing:
                 verdict.lost.append(f"{msg_id} to {group} ({missing[0]}) sent at {sent_at:.3f}")
     return verdict

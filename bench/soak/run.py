@@ -245,6 +245,7 @@ class Soak:
             args.expiry,
             self.settings["normal_receivers"],
             SLOTS,
+            args.group_expiry,
         )
         check.flatness(self.rows, verdict)
         return verdict
