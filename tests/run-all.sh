@@ -85,6 +85,12 @@ if [ -d tests/python ]; then
 
   echo "== channels' own test suite, CHANNEL_LAYERS = chanlite (tests/channels_suite.sh)"
   tests/channels_suite.sh
+
+  # The hour-long soak's short form: 4 processes, a SIGKILL every 20 s; it
+  # exits 1 if anything was lost or delivered twice or a curve is not flat.
+  echo "== soak, 2 minutes (bench/soak/run.py)"
+  python3 bench/soak/run.py --duration 105 --kill-every 20 --sample-every 2 --no-plot \
+    --out build/soak-ci
 fi
 
 # Once, not on the nox corners: every example of the SQL reference run through

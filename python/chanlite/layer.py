@@ -399,6 +399,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
         with self._lock:
             for queue in self._queues.values():
                 queue.buffers.clear()
+                queue.recount_hungry()
 
     async def close(self) -> None:
         """Stop receiving and close the connections. The layer opens them
@@ -411,6 +412,7 @@ class SQLiteChannelLayer(BaseChannelLayer):
                     for loop, fut in waiting:
                         _call_in(loop, _cancel, fut)
                 queue.waiters.clear()  # so that no receiver looks again for them
+                queue.hungry.clear()
                 queue._kick()
             self.transport.close_locked()
         here = asyncio.get_running_loop()

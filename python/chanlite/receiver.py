@@ -107,6 +107,12 @@ class _Queue:
         # Per channel, (expires_at, body): expires_at on the chanlite clock.
         self.buffers: dict[str, collections.deque[tuple[float, bytes | str]]] = {}
         self.waiters: dict[str, list[_Waiter]] = {}
+        # The channels with a receive() waiting and nothing buffered, kept up
+        # to date (_note) wherever waiters or buffers change: _demand() runs
+        # on every look and every receive() that ends, and counting them
+        # there costs the whole process's loop time when one process holds
+        # 10,000 of them (bench/neighbours).
+        self.hungry: set[str] = set()
         self.task: asyncio.Task[None] | None = None
         self.task_loop: asyncio.AbstractEventLoop | None = None
         self.kick_waiter: _Waiter | None = None
@@ -137,9 +143,12 @@ class _Queue:
                 fut: asyncio.Future[None] = loop.create_future()
                 waiter = (loop, fut)
                 self.waiters.setdefault(channel, []).append(waiter)
+                self._note(channel)
                 self._ensure_receiver(loop)
+            woken = False
             try:
                 await fut
+                woken = True
             finally:
                 with lock:
                     waiting = self.waiters.get(channel, [])
@@ -147,17 +156,24 @@ class _Queue:
                         waiting.remove(waiter)
                     if not waiting:
                         self.waiters.pop(channel, None)
-                    # For a prefix! queue, _demand() scans every channel, and
-                    # each of a fan-out's members passes here: look only when
-                    # this channel stopped being hungry (its last waiter left
-                    # an empty buffer), the one way leaving can end demand.
+                    self._note(channel)
+                    # For a prefix! queue, look only when this channel stopped
+                    # being hungry (its last waiter left an empty buffer), the
+                    # one way leaving can end demand.
                     if (
                         self.task is not None
                         and (not self.local or (not waiting and not self.buffers.get(channel)))
                         and self._demand() == 0
                     ):
                         self._kick()  # a waiting receiver stops: nobody needs it
-                    self.layer._forget_if_idle(self)
+                    # Woken, this get() looks again in this same queue, and
+                    # waits in it if it finds nothing: forgotten now, the
+                    # queue would get a receiver of its own beside the one
+                    # a new receive() starts, and what it popped would wait
+                    # in buffers no later receive() looks at (lost with a
+                    # cancelled receive(): bench/soak found it).
+                    if not woken:
+                        self.layer._forget_if_idle(self)
 
     def _take(self, channel: str) -> bytes | str | None:
         buffer = self.buffers.get(channel)
@@ -169,7 +185,19 @@ class _Queue:
         item = buffer.popleft()[1] if buffer else None
         if not buffer:
             del self.buffers[channel]
+            self._note(channel)
         return item
+
+    def _note(self, channel: str) -> None:
+        """Keep `hungry` true of channel after its waiters or buffer changed (lock held)."""
+        if self.waiters.get(channel) and not self.buffers.get(channel):
+            self.hungry.add(channel)
+        else:
+            self.hungry.discard(channel)
+
+    def recount_hungry(self) -> None:
+        """After buffers or waiters were cleared wholesale (lock held)."""
+        self.hungry = {ch for ch in self.waiters if not self.buffers.get(ch)}
 
     def _ensure_receiver(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the receiver unless one is running (lock held)."""
@@ -199,7 +227,7 @@ class _Queue:
     def _demand(self) -> int:
         """How many messages to pop now (lock held)."""
         if self.local:
-            hungry = sum(1 for ch in self.waiters if not self.buffers.get(ch))
+            hungry = len(self.hungry)
             return min(LOCAL_BATCH_MAX, max(BATCH, hungry)) if hungry else 0
         waiting = len(self.waiters.get(self.name, ()))
         return min(BATCH, max(0, waiting - len(self.buffers.get(self.name, ()))))
@@ -303,6 +331,7 @@ class _Queue:
                 buffer.append((expires_at, body))
                 touched.add(channel)
             for channel in touched:
+                self.hungry.discard(channel)
                 for loop, fut in self.waiters.get(channel, ()):
                     _call_in(loop, _resolve, fut)
             if (tick := time.monotonic()) - self.last_sweep > 1.0:
@@ -318,6 +347,7 @@ class _Queue:
                 buffer.popleft()
             if not buffer:
                 del self.buffers[channel]
+                self._note(channel)
 
     def _fail_waiters(self, exc: BaseException) -> None:
         with self.layer._lock:
