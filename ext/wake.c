@@ -31,12 +31,34 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/inotify.h>
 #endif
 #include "chanlite.h"
+
+/* glibc 2.33 made stat(), lstat() and fstat() symbols of their own
+** (GLIBC_2.33); asking the kernel directly keeps chanlite.so loadable on
+** glibc 2.17, as its manylinux2014 wheel promises (tests/dist). On x86-64
+** and arm64 the kernel's struct stat is glibc's. */
+#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__)) && \
+  defined(SYS_newfstatat) && defined(SYS_fstat)
+static int stat_path(const char *path, struct stat *st, int flags) {
+  return (int)syscall(SYS_newfstatat, AT_FDCWD, path, st, flags);
+}
+static int stat_fd(int fd, struct stat *st) {
+  return (int)syscall(SYS_fstat, fd, st);
+}
+#else
+static int stat_path(const char *path, struct stat *st, int flags) {
+  return fstatat(AT_FDCWD, path, st, flags);
+}
+static int stat_fd(int fd, struct stat *st) {
+  return fstat(fd, st);
+}
+#endif
 
 static char *bell_path(Chanlite *c) {
   const char *db = sqlite3_db_filename(c->db, "main");
@@ -54,7 +76,7 @@ static int open_bell(Chanlite *c, const char *path) {
   const int flags = O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
   const char *file = sqlite3_db_filename(c->db, "main");
   struct stat db, st;
-  int have_db = file && stat(file, &db) == 0, created = 1;
+  int have_db = file && stat_path(file, &db, 0) == 0, created = 1;
   mode_t mode = have_db ? db.st_mode & 0777 : 0600;
   int fd = -1, tries;
   /* Another process may delete the bell between the two: a few tries. */
@@ -67,7 +89,7 @@ static int open_bell(Chanlite *c, const char *path) {
     if (fd < 0 && errno != ENOENT) break;
   }
   if (fd < 0) return -1;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (stat_fd(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     close(fd);
     return -1;
   }
@@ -99,7 +121,7 @@ static void ring(Chanlite *c) {
   int fd = bell(c);
   char byte = 0;
   struct stat st;
-  if (fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink == 0) {
+  if (fd >= 0 && stat_fd(fd, &st) == 0 && st.st_nlink == 0) {
     close(fd);
     c->bell_fd = -1;
     fd = bell(c);
@@ -228,8 +250,9 @@ static int watch(Chanlite *c) {
       close(fd);
       break;
     }
-    if (fstat(c->bell_fd, &held) == 0 && held.st_nlink > 0 && lstat(path, &named) == 0 &&
-        named.st_ino == held.st_ino && named.st_dev == held.st_dev) {
+    if (stat_fd(c->bell_fd, &held) == 0 && held.st_nlink > 0 &&
+        stat_path(path, &named, AT_SYMLINK_NOFOLLOW) == 0 && named.st_ino == held.st_ino &&
+        named.st_dev == held.st_dev) {
       c->watch_fd = fd;
       break;
     }
