@@ -134,7 +134,8 @@ class ClusterDiskError(Exception):
 
 
 class OutcomeUnknown(Exception):
-    """A send's COMMIT was cut off and no leader could say, within
+    """A send's COMMIT was cut off (or failed on a leader that could not
+    write it, which may have sent it on) and no leader could say, within
     lock_timeout, whether it had committed: the message may have been sent."""
 
 
@@ -471,7 +472,7 @@ class _Session:
                 if _retryable(e):
                     raise _Retry(e) from e
                 raise
-            if not await self._committed(outcome, started, batch, e):
+            if not await self._committed(outcome, started, batch, e, conn.address):
                 if _retryable(e):
                     raise _Retry(e) from e
                 raise
@@ -504,23 +505,35 @@ class _Session:
         )
 
     async def _committed(
-        self, outcome: str, started: float, batch: list[_Call], error: BaseException
+        self,
+        outcome: str,
+        started: float,
+        batch: list[_Call],
+        error: BaseException,
+        failed_on: str,
     ) -> bool:
         """Whether the transaction with this outcome id committed, asked of
         whichever node leads now. A batch with pops asks for as long as it
         takes (their rows would be lost otherwise); one without gives up at
         lock_timeout with OutcomeUnknown."""
         patient = any(call.kind == "pop" for call in batch)
+        # A leader that could not write the COMMIT to its own log may still
+        # have sent it to followers, which commit it under the next leader:
+        # only another leader can say that it did not commit.
+        ask_another = _disk_error(error)
         attempt = 0
         while True:
             try:
                 conn = await self._connection()
                 rows = await conn.fetchall("SELECT 1 FROM chanlite_outcome WHERE id = ?", [outcome])
+                if not rows and ask_another and conn.address == failed_on:
+                    raise _Retry(error)
                 return bool(rows)
             except Exception as e:
                 if isinstance(e, OperationalError) and "no such table" in _server_text(e):
                     return False  # the schema itself never committed
-                if not isinstance(e, _Retry) and not _retryable(e):
+                # A leader that cannot write cannot run the read's barrier either.
+                if not isinstance(e, _Retry) and not _retryable(e) and not _disk_error(e):
                     raise
                 self._drop()
                 attempt += 1
