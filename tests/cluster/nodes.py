@@ -98,6 +98,7 @@ class Cluster:
         latency_ms: int | None = 20,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        binaries: dict[int, str] | None = None,
     ) -> None:
         if not 1 <= size <= len(HOSTS):
             raise ValueError(f"size must be from 1 to {len(HOSTS)}")
@@ -106,6 +107,8 @@ class Cluster:
         self.binary = binary or node_binary()
         self.latency_ms = latency_ms
         self.extra_args = extra_args
+        #: A node id's own binary in place of `binary` (a wrapper, say, for one node).
+        self.binaries = dict(binaries or {})
         hosts = HOSTS[:size]
         port = free_port(hosts)
         self.nodes = [
@@ -128,7 +131,7 @@ class Cluster:
 
     def _spawn(self, node: Node) -> None:
         args = [
-            self.binary,
+            self.binaries.get(node.id, self.binary),
             "--id",
             str(node.id),
             "--address",
