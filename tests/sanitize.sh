@@ -26,8 +26,8 @@
 # (CHANLITE_MP_BUSY_MS): slowed down this much, SQLite's unfair write lock
 # can starve one of its 8 processes past 5 s on a loaded machine. The 5 s
 # promise is checked by the normal build's run, in tests/run-all.sh.
-# Takes about 5 minutes on 2 cores (about 40 s of it compiling build-asan; 100 s
-# each for the out-of-memory test).
+# Takes about 8 minutes on 2 cores (about 40 s of it compiling build-asan; 1 to 2 minutes
+# for the out-of-memory test in each).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,12 +44,15 @@ failed=()
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export CHANLITE_MP_BUSY_MS=60000
 # The out-of-memory test (tests/c/oom.c) fails every Nth allocation for
-# every N in the normal build; sanitized, it tries every 31st N (every
-# 97th under valgrind), which still reaches each call's whole path. Since
+# every N in the normal build; sanitized, it tries every 61st N (every
+# 193rd under valgrind), which still reaches each call's whole path. Since
 # the schema is verified on a connection's first write (thousands of
 # allocations on channel_recv_batch's path), every 8th N took over 430 s
-# under ASan; strides that are primes shift which allocations are hit.
-export CHANLITE_OOM_STRIDE=31
+# under ASan; strides that are primes shift which allocations are hit. With
+# the cluster's chanlite_outcome table in the schema, every 31st N took 272 s
+# under ASan and every 97th 139 s under valgrind, the longest steps of the
+# test command: the strides were doubled.
+export CHANLITE_OOM_STRIDE=61
 export ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:fast_unwind_on_malloc=0
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer ($asan_dir)"
@@ -81,7 +84,7 @@ echo "== valgrind ($valgrind_dir)"
 if { [ -f "$valgrind_dir/build.ninja" ] || meson setup "$valgrind_dir"; } &&
    meson compile -C "$valgrind_dir" &&
    CHANLITE_POWERLOSS_CUTS=3 CHANLITE_POWERLOSS_MAX_OPS=800 CHANLITE_FILES_MESSAGES=20 \
-   CHANLITE_MP_MESSAGES=5000 CHANLITE_OOM_STRIDE=97 CHANLITE_DISK_MESSAGES=5000 CHANLITE_CRASH_MESSAGES=200 CHANLITE_CRASH_KILLS=10 \
+   CHANLITE_MP_MESSAGES=5000 CHANLITE_OOM_STRIDE=193 CHANLITE_DISK_MESSAGES=5000 CHANLITE_CRASH_MESSAGES=200 CHANLITE_CRASH_KILLS=10 \
    CHANLITE_CRASH_GAP_MS=1500 meson test -C "$valgrind_dir" --print-errorlogs --timeout-multiplier 4 \
      --wrapper 'valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite'; then
   echo "   valgrind: passed"
