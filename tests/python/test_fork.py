@@ -16,12 +16,14 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
 from chanlite.layer import SQLiteChannelLayer
+from transports import new_layer, sql_connection, transport_db_path
 
 TIMEOUT = 10.0
 KEYS = ["fork-test-key"]
@@ -158,13 +160,20 @@ USES: dict[str, Callable[[Before], Any]] = {
 }
 
 
+@pytest.fixture(params=["file", pytest.param("cluster", marks=pytest.mark.cluster)])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database file, or a database of the test's own on the session's
+    dqlite cluster (marked ``cluster``: the cluster step runs those)."""
+    return transport_db_path(request, tmp_path, "chanlite-fork")
+
+
 @pytest.mark.parametrize("method", ["os.fork", "multiprocessing"])
 @pytest.mark.parametrize("use", list(USES))
 def test_layer_used_before_fork_works_in_child_and_parent(
-    db_path: str, use: str, method: str
+    request: pytest.FixtureRequest, where: str, use: str, method: str
 ) -> None:
     keys = KEYS if use == "encrypted" else None
-    layer = SQLiteChannelLayer(path=db_path, symmetric_encryption_keys=keys)
+    layer = new_layer(where, symmetric_encryption_keys=keys)
     b = Before(layer)
     prelude = USES[use](b)
     if asyncio.iscoroutine(prelude):
@@ -228,7 +237,11 @@ def test_layer_used_before_fork_works_in_child_and_parent(
         b.pending.join(TIMEOUT)
         assert b.pending_result == [{"type": "for-the-pending-receive"}]
     run(layer.close())
-    left = run(_depth(db_path))
+    conn = sql_connection(request, where)
+    try:
+        left = conn.execute("SELECT count(*) FROM chanlite_message").fetchone()[0]
+    finally:
+        conn.close()
     assert left == 0, f"{left} messages left queued: something went to the wrong process"
 
 
