@@ -39,6 +39,7 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -157,6 +158,28 @@ BEFORE_FORK_CLOSE: list[Callable[[SQLiteChannelLayer], None]] = []
 _INHERITED: list[sqlite3.Connection] = []
 
 
+def _recreate_bell(path: str) -> None:
+    """Create the bell at path if it is missing, by the extension's rules
+    (ext/wake.c, open_bell): the database file's permission bits, never
+    through a symlink nor blocking on a FIFO, and only a regular file."""
+    try:
+        mode = os.stat(path.removesuffix("-chanlite")).st_mode & 0o777
+    except OSError:
+        mode = 0o600
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+    except FileExistsError:
+        fd, created = os.open(path, flags), False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"the bell {path} is not a regular file")
+        if created:  # the umask may have taken bits the database has
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 class _Bell:
     """This process's watch on the extension's bell, for one layer: an inotify
     descriptor that becomes readable when any process commits a send.
@@ -226,7 +249,7 @@ class _Bell:
         """Watch the bell again after its file went away (recreating it, as
         the extension does); False if that cannot be done."""
         try:
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            _recreate_bell(self.path)
             _inotify.add_watch(self.fd, self.path)
         except OSError as e:
             logger.warning("chanlite: cannot watch the bell %s again: %s", self.path, e)

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -548,3 +549,36 @@ async def test_no_second_look_at_an_emptied_queue(layer: SQLiteChannelLayer) -> 
         assert looks["n"] >= 1
     finally:
         sender.close()
+
+
+def test_a_recreated_bell_follows_the_extensions_rules(tmp_path: Path) -> None:
+    """After the bell was deleted, receivers recreate it as ext/wake.c
+    creates it: the database's permission bits whatever the umask, never
+    through a symlink, never blocking on a FIFO."""
+    from chanlite.local import _recreate_bell
+
+    db = tmp_path / "app.db"
+    db.write_bytes(b"")
+    db.chmod(0o660)
+    bell = str(db) + "-chanlite"
+    old = os.umask(0o077)
+    try:
+        _recreate_bell(bell)
+    finally:
+        os.umask(old)
+    assert os.stat(bell).st_mode & 0o777 == 0o660
+    _recreate_bell(bell)  # an existing bell is left as it is
+    assert os.stat(bell).st_mode & 0o777 == 0o660
+
+    os.unlink(bell)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"keep")
+    os.symlink(target, bell)
+    with pytest.raises(OSError):
+        _recreate_bell(bell)
+    assert target.read_bytes() == b"keep"
+
+    os.unlink(bell)
+    os.mkfifo(bell)
+    with pytest.raises(OSError):  # ENXIO: no reader; never a hang
+        _recreate_bell(bell)
