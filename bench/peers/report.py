@@ -765,6 +765,7 @@ def print_ratios(results: Results) -> None:
         print("targets (issue 4):")
         for text, value, verdict in target_rows(results):
             print(f"  {verdict:<12} {text}: {value}")
+    if SUBJECT not in results.unavailable:
         print()
         print("Issue 11 targets:")
         for text, value, verdict in issue11_rows(results):
