@@ -185,13 +185,16 @@ int chanlite_has_tables(Chanlite *c) {
 ** finds the lock held for the millisecond a pop or a send takes sleeps long
 ** past its release: when the four processes of a fan-out all pop at once,
 ** the last waited 20 ms for 3 ms of others' work. This one tries again after
-** 0.1 ms, doubling to 1 ms (10 ms once it has waited 100 ms, so a lock held
-** for seconds is not polled a thousand times a second), each sleep drawn
-** from its upper half so that waiters do not come back together. Time is
-** counted as SQLite counts it: the sum of the sleeps. */
+** 0.1 ms, doubling to 1 ms (2 ms once it has waited 100 ms: a lock held
+** for seconds is polled 500 times a second, not a thousand; not more than
+** 2 ms, or it sleeps through the gaps between a long writer's transactions,
+** bench/results/neighbours.md), each sleep drawn from its upper half so
+** that waiters do not come back together. Time is counted as SQLite counts
+** it: the sum of the sleeps. chanlite_busy_timeout() installs it on any
+** connection (ext/config.c). */
 #define BUSY_FIRST_US 100
 #define BUSY_CAP_US 1000
-#define BUSY_SLOW_CAP_US 10000
+#define BUSY_SLOW_CAP_US 2000
 #define BUSY_SLOW_AFTER_US 100000
 
 static int busy_handler(void *arg, int count) {
