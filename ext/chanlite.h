@@ -72,6 +72,7 @@ struct Chanlite {
   int checkpoint_due;          /* a batch connection's checkpoint is unfinished (disk.c) */
   int busy_timeout_ms;         /* chanlite's busy handler: how long it waits (transaction.c) */
   sqlite3_int64 busy_slept_us; /* and how long it has slept for the current lock */
+  sqlite3_int64 busy_since_us; /* when it began waiting for it (the VFS's clock), or -1 */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
