@@ -72,6 +72,7 @@ struct Chanlite {
   int checkpoint_due;          /* a batch connection's checkpoint is unfinished (disk.c) */
   int busy_timeout_ms;         /* chanlite's busy handler: how long it waits (transaction.c) */
   sqlite3_int64 busy_slept_us; /* and how long it has slept for the current lock */
+  sqlite3_int64 busy_since_us; /* when it began waiting for it (the VFS's clock), or -1 */
 };
 
 /* A validated channel name. For `prefix!local`, `queue` is `prefix!` and
@@ -120,6 +121,12 @@ int chanlite_stored_setting(Chanlite *c, const char *key, sqlite3_value *v, doub
 int chanlite_setting(Chanlite *c, const char *key, double *value);
 
 /* message.c */
+int chanlite_send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
+                           sqlite3_int64 *capacity);
+int chanlite_queue_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth);
+int chanlite_store_message(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                           double expiry, sqlite3_int64 capacity, sqlite3_int64 *depth,
+                           sqlite3_int64 *id, int *full);
 int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
                       sqlite3_int64 *id, int *full);
 int chanlite_peek(Chanlite *c, const ChannelName *ch, int *found);
@@ -135,6 +142,9 @@ int chanlite_count_expired(Chanlite *c, double now, int limit);
 int chanlite_count_expired_head(Chanlite *c, const ChannelName *ch, sqlite3_stmt *head);
 int chanlite_count_full(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
                         int by_group);
+int chanlite_count_refused(Chanlite *c, const char *queue, int n_queue, double now,
+                           sqlite3_int64 by_send, sqlite3_int64 by_group);
+int chanlite_dead_letters_kept(Chanlite *c, sqlite3_int64 *kept);
 int chanlite_uncount_put_back(Chanlite *c, const char *queue, int n_queue);
 int chanlite_stats_upkeep(Chanlite *c, double now);
 int chanlite_stats_trim(Chanlite *c, double now);

@@ -15,6 +15,7 @@
 ** sleeping, and a host that replicates statements pins it so that every node
 ** computes the same expiries.
 */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 #include "chanlite.h"
@@ -296,6 +297,25 @@ static void fn_clock(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value 
   sqlite3_result_double(ctx, chanlite_time(c));
 }
 
+/* SQLite's own busy handler sleeps in steps growing to 100 ms, so a waiter
+** for the write lock held by a long writer (a group_send to thousands) keeps
+** sleeping through the short gaps between that writer's transactions. This
+** one, the handler of the connections chanlite opens itself
+** (ext/transaction.c), polls every 0.1 to 2 ms instead. It replaces the
+** connection's busy handler, as PRAGMA busy_timeout does (and a later PRAGMA
+** busy_timeout replaces it); 0 removes it. */
+static void fn_busy_timeout(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+  sqlite3_int64 ms = 0;
+  (void)argc;
+  if (count_arg(c, "chanlite_busy_timeout(ms)", argv[0], &ms) != SQLITE_OK) {
+    chanlite_report(c, ctx);
+    return;
+  }
+  if (ms > INT_MAX) ms = INT_MAX;
+  chanlite_busy_wait(c, (int)ms);
+  sqlite3_result_int64(ctx, ms);
+}
+
 static void fn_now(Chanlite *c, sqlite3_context *ctx, int argc, sqlite3_value **argv) {
   (void)argc;
   (void)argv;
@@ -311,6 +331,8 @@ const ChanliteFunction chanlite_config_functions[] = {
    fn_config},
   {"chanlite_capacity", 2, 2, "chanlite_capacity(glob, n)", CHANLITE_WRITE, fn_capacity},
   {"chanlite_clock", 1, 1, "chanlite_clock(unix_seconds_or_null)", CHANLITE_WRITE, fn_clock},
+  /* DIRECTONLY: a view or trigger must not change how a connection waits. */
+  {"chanlite_busy_timeout", 1, 1, "chanlite_busy_timeout(ms)", CHANLITE_WRITE, fn_busy_timeout},
   {"chanlite_now", 0, 0, "chanlite_now()", SQLITE_UTF8 | SQLITE_INNOCUOUS, fn_now},
 };
 const int chanlite_config_function_count = (int)(sizeof chanlite_config_functions /

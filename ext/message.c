@@ -18,8 +18,8 @@
 #include "chanlite.h"
 
 /* Expiry and capacity in force for one channel. */
-static int send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
-                         sqlite3_int64 *capacity) {
+int chanlite_send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
+                           sqlite3_int64 *capacity) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_SEND_SETTINGS);
   int rc;
   if (!s) return c->err_code;
@@ -41,7 +41,7 @@ static int send_settings(Chanlite *c, const ChannelName *ch, double *expiry,
 }
 
 /* Rows stored for a queue, expired ones included (see chanlite_queue). */
-static int queue_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth) {
+int chanlite_queue_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_QUEUE_DEPTH);
   int rc;
   if (!s) return c->err_code;
@@ -77,24 +77,25 @@ static int check_depth(Chanlite *c, const ChannelName *ch, sqlite3_int64 *depth)
     rc = chanlite_step_done(c, s);
     if (rc != SQLITE_OK) return rc;
   }
-  return queue_depth(c, ch, depth);
+  return chanlite_queue_depth(c, ch, depth);
 }
 
-/* Store one message unless its queue is full. Runs inside a transaction. */
-int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
-                      sqlite3_int64 *id, int *full) {
-  double expiry = 0;
-  sqlite3_int64 capacity = 0, depth = 0;
+/* Store one message unless its queue is full, given the channel's settings
+** and its queue's depth, which it keeps up to date (the insert's trigger
+** adds one), so that a caller sending to many channels of one queue reads
+** the depth once. Runs inside a transaction. */
+int chanlite_store_message(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                           double expiry, sqlite3_int64 capacity, sqlite3_int64 *depth,
+                           sqlite3_int64 *id, int *full) {
   sqlite3_stmt *s;
-  int rc = send_settings(c, ch, &expiry, &capacity);
-  if (rc == SQLITE_OK) rc = queue_depth(c, ch, &depth);
-  if (rc == SQLITE_OK && (depth >= capacity || depth < 0)) {
+  int rc = SQLITE_OK;
+  if (*depth >= capacity || *depth < 0) {
     /* The count includes expired rows: remove them, then count again. */
     rc = chanlite_purge_expired(c, now, 0);
-    if (rc == SQLITE_OK) rc = queue_depth(c, ch, &depth);
-    if (rc == SQLITE_OK && (depth >= capacity || depth < 0)) rc = check_depth(c, ch, &depth);
+    if (rc == SQLITE_OK) rc = chanlite_queue_depth(c, ch, depth);
+    if (rc == SQLITE_OK && (*depth >= capacity || *depth < 0)) rc = check_depth(c, ch, depth);
   }
-  *full = depth >= capacity;
+  *full = *depth >= capacity;
   if (rc != SQLITE_OK || *full) return rc;
 
   s = chanlite_stmt(c, CHANLITE_STMT_INSERT_MESSAGE);
@@ -108,8 +109,21 @@ int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, do
   rc = chanlite_step_done(c, s);
   if (rc == SQLITE_OK) {
     *id = sqlite3_last_insert_rowid(c->db);
+    (*depth)++;
     c->sent = 1;
   }
+  return rc;
+}
+
+/* Store one message unless its queue is full. Runs inside a transaction. */
+int chanlite_send_one(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                      sqlite3_int64 *id, int *full) {
+  double expiry = 0;
+  sqlite3_int64 capacity = 0, depth = 0;
+  int rc = chanlite_send_settings(c, ch, &expiry, &capacity);
+  if (rc == SQLITE_OK) rc = chanlite_queue_depth(c, ch, &depth);
+  if (rc == SQLITE_OK)
+    rc = chanlite_store_message(c, ch, msg, now, expiry, capacity, &depth, id, full);
   return rc;
 }
 

@@ -36,7 +36,7 @@
 /* Bounds the write lock's hold time of one look. */
 #define FOLD_PER_UPKEEP 2000
 
-static int dead_letters_kept(Chanlite *c, sqlite3_int64 *kept) {
+int chanlite_dead_letters_kept(Chanlite *c, sqlite3_int64 *kept) {
   double value = 0;
   int rc = chanlite_setting(c, "dead_letters", &value);
   *kept = (sqlite3_int64)value;
@@ -64,7 +64,7 @@ static int run_bound(Chanlite *c, int id, double t, sqlite3_int64 limit) {
 int chanlite_count_expired(Chanlite *c, double now, int limit) {
   sqlite3_int64 kept = 0;
   int rc = run_bound(c, CHANLITE_STMT_COUNT_EXPIRED, now, limit);
-  if (rc == SQLITE_OK) rc = dead_letters_kept(c, &kept);
+  if (rc == SQLITE_OK) rc = chanlite_dead_letters_kept(c, &kept);
   if (rc == SQLITE_OK && kept > 0) {
     rc = run_bound(c, CHANLITE_STMT_DEAD_EXPIRED, now, limit);
     if (rc == SQLITE_OK) rc = keep_newest_dead(c, kept);
@@ -101,7 +101,7 @@ int chanlite_count_expired_head(Chanlite *c, const ChannelName *ch, sqlite3_stmt
   if (!s) return c->err_code;
   sqlite3_bind_text(s, 1, ch->full, ch->n_queue, SQLITE_STATIC);
   rc = chanlite_step_done(c, s);
-  if (rc == SQLITE_OK) rc = dead_letters_kept(c, &kept);
+  if (rc == SQLITE_OK) rc = chanlite_dead_letters_kept(c, &kept);
   if (rc == SQLITE_OK && kept > 0) {
     /* head: id, local, expires_at, body, sent_at */
     rc = keep_dead(c, ch->full, ch->n_queue, sqlite3_column_value(head, 1), "expired",
@@ -111,24 +111,32 @@ int chanlite_count_expired_head(Chanlite *c, const ChannelName *ch, sqlite3_stmt
   return rc;
 }
 
-int chanlite_count_full(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
-                        int by_group) {
+/* Count sends refused because the queue was full: by_send by channel_send,
+** by_group by group_send. No dead letters: see chanlite_count_full. */
+int chanlite_count_refused(Chanlite *c, const char *queue, int n_queue, double now,
+                           sqlite3_int64 by_send, sqlite3_int64 by_group) {
   sqlite3_stmt *s = chanlite_stmt(c, CHANLITE_STMT_COUNT_FULL);
-  sqlite3_int64 kept = 0;
   int rc;
   if (!s) return c->err_code;
-  sqlite3_bind_text(s, 1, ch->full, ch->n_queue, SQLITE_STATIC);
-  sqlite3_bind_int(s, 2, !by_group);
-  sqlite3_bind_int(s, 3, by_group);
+  sqlite3_bind_text(s, 1, queue, n_queue, SQLITE_STATIC);
+  sqlite3_bind_int64(s, 2, by_send);
+  sqlite3_bind_int64(s, 3, by_group);
   sqlite3_bind_double(s, 4, now);
   rc = chanlite_step_done(c, s);
   if (rc == SQLITE_OK) {
     s = chanlite_stmt(c, CHANLITE_STMT_ENSURE_QUEUE_ROW);
     if (!s) return c->err_code;
-    sqlite3_bind_text(s, 1, ch->full, ch->n_queue, SQLITE_STATIC);
+    sqlite3_bind_text(s, 1, queue, n_queue, SQLITE_STATIC);
     rc = chanlite_step_done(c, s);
   }
-  if (rc == SQLITE_OK) rc = dead_letters_kept(c, &kept);
+  return rc;
+}
+
+int chanlite_count_full(Chanlite *c, const ChannelName *ch, sqlite3_value *msg, double now,
+                        int by_group) {
+  sqlite3_int64 kept = 0;
+  int rc = chanlite_count_refused(c, ch->full, ch->n_queue, now, !by_group, by_group);
+  if (rc == SQLITE_OK) rc = chanlite_dead_letters_kept(c, &kept);
   if (rc == SQLITE_OK && kept > 0) {
     rc = keep_dead(c, ch->full, ch->n_full, 0, "full", 0, now, now, msg, kept);
   }

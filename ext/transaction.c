@@ -185,24 +185,45 @@ int chanlite_has_tables(Chanlite *c) {
 ** finds the lock held for the millisecond a pop or a send takes sleeps long
 ** past its release: when the four processes of a fan-out all pop at once,
 ** the last waited 20 ms for 3 ms of others' work. This one tries again after
-** 0.1 ms, doubling to 1 ms (10 ms once it has waited 100 ms, so a lock held
-** for seconds is not polled a thousand times a second), each sleep drawn
-** from its upper half so that waiters do not come back together. Time is
-** counted as SQLite counts it: the sum of the sleeps. */
+** 0.1 ms, doubling to 1 ms (2 ms once it has waited 100 ms: a lock held
+** for seconds is polled 500 times a second, not a thousand; not more than
+** 2 ms, or it sleeps through the gaps between a long writer's transactions,
+** bench/results/neighbours.md), each sleep drawn from its upper half so
+** that waiters do not come back together. Time is counted as the longer
+** of the sum of the sleeps (SQLite's way) and the clock: on a loaded
+** machine each short sleep overruns, and summed they fell a third short
+** (a 3 s timeout waited 4 s). chanlite_busy_timeout() installs it on any
+** connection (ext/config.c). */
 #define BUSY_FIRST_US 100
 #define BUSY_CAP_US 1000
-#define BUSY_SLOW_CAP_US 10000
+#define BUSY_SLOW_CAP_US 2000
 #define BUSY_SLOW_AFTER_US 100000
+
+/* The VFS's clock in microseconds, or -1 if it has none to give. */
+static sqlite3_int64 busy_clock_us(sqlite3_vfs *vfs) {
+  sqlite3_int64 ms = 0;
+  if (vfs->iVersion < 2 || !vfs->xCurrentTimeInt64 || vfs->xCurrentTimeInt64(vfs, &ms) != 0)
+    return -1;
+  return ms * 1000;
+}
 
 static int busy_handler(void *arg, int count) {
   Chanlite *c = arg;
   sqlite3_vfs *vfs = sqlite3_vfs_find(0);
-  sqlite3_int64 step, left;
+  sqlite3_int64 step, left, waited, now;
   unsigned int jitter = 0;
-  if (count == 0) c->busy_slept_us = 0;
-  left = (sqlite3_int64)c->busy_timeout_ms * 1000 - c->busy_slept_us;
-  if (left <= 0 || !vfs) return 0;
-  if (c->busy_slept_us >= BUSY_SLOW_AFTER_US) step = BUSY_SLOW_CAP_US;
+  if (!vfs) return 0;
+  now = busy_clock_us(vfs);
+  if (count == 0) {
+    c->busy_slept_us = 0;
+    c->busy_since_us = now;
+  }
+  waited = c->busy_slept_us;
+  if (now >= 0 && c->busy_since_us >= 0 && now - c->busy_since_us > waited)
+    waited = now - c->busy_since_us;
+  left = (sqlite3_int64)c->busy_timeout_ms * 1000 - waited;
+  if (left <= 0) return 0;
+  if (waited >= BUSY_SLOW_AFTER_US) step = BUSY_SLOW_CAP_US;
   else step = count < 4 ? (sqlite3_int64)BUSY_FIRST_US << count : BUSY_CAP_US;
   sqlite3_randomness(sizeof jitter, &jitter);
   step = step / 2 + (sqlite3_int64)(jitter % (unsigned int)(step / 2 + 1));

@@ -352,6 +352,9 @@ static int batch_connection(Chanlite *c, Chanlite **out) {
   }
   rc = pragma_value(c, CHANLITE_STMT_BUSY_TIMEOUT, &timeout, 0, 0);
   if (rc != SQLITE_OK) return rc;
+  /* chanlite_busy_timeout() leaves the pragma at 0 (SQLite's handler is
+  ** replaced): the second connection waits as the caller's does. */
+  if (timeout <= 0 && c->busy_timeout_ms > 0) timeout = c->busy_timeout_ms;
   chanlite_busy_wait(c->side, timeout > 0 && timeout < INT_MAX ? (int)timeout : 0);
   /* Checkpoint when the caller's connection would: a caller that leaves
   ** checkpoints to another thread (wal_autocheckpoint=0) must not have them
