@@ -938,11 +938,19 @@ class LocalTransport:
                 at_once = True
             else:
                 # The task that made this turn's first send sends again
-                # before any other has: it sends one at a time, so waiting
-                # for the turn's end would share nothing and cost it a future
-                # and two loop iterations (for a lone sender, every other
-                # send: 23k instructions of 160k, bench/results/issue11.md).
-                at_once = not entry[1] and entry[2] is task
+                # before any other has, and no other task is ready to run
+                # in this turn (the loop's queue holds only _send_together):
+                # waiting for the turn's end would share nothing and cost
+                # it a future and two loop iterations (for a lone sender,
+                # every other send: 23k instructions of 160k,
+                # bench/results/issue11.md). Where others are ready, it
+                # waits, so that they run and join the turn's transaction
+                # rather than queue behind its every send. A loop without
+                # asyncio's ready queue (uvloop) always waits.
+                ready = getattr(loop, "_ready", None)
+                at_once = (
+                    not entry[1] and entry[2] is task and ready is not None and len(ready) <= 1
+                )
             if at_once:
                 outcome = self._try_on_loop(
                     self.call_on, "SELECT channel_send(?, ?)", channel, data
