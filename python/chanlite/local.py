@@ -357,17 +357,6 @@ RESTART_FRAMES = 1000
 RESTART_WAIT_MS = 1
 RESTART_ATTEMPTS = 5
 FALLBACK_FRAMES = 1100
-#: PASSIVE checkpoints tried, each copying what was written during the last,
-#: before a RESTART (see _Checkpointer._caught_up).
-CATCH_UP_ATTEMPTS = 3
-
-#: A loop call that finds the write lock taken tries again after these
-#: pauses (seconds) before going to the pool. The other process's send or
-#: pop holds it for about 0.1 ms; the pool costs a thread hop and at least
-#: the 1 ms first sleep of SQLite's busy handler (half of the 1% of paced
-#: sends that went there met a pop: bench/issue11/stages.py). The loop
-#: blocks 0.3 ms at most for it.
-LOOP_LOCK_PAUSES = (0.0001, 0.0002)
 
 
 class _Checkpointer:
@@ -380,12 +369,10 @@ class _Checkpointer:
     which reads how far the WAL has grown from its index (the ``-shm`` file,
     https://sqlite.org/walformat.html: mxFrame and nBackfill, a hint read
     without a lock) and, once CHECKPOINT_FRAMES frames wait to be copied,
-    runs a PASSIVE checkpoint, as SQLite's auto-checkpoint would. Past
-    RESTART_FRAMES it first tries to copy the rest with more PASSIVE
-    checkpoints (_caught_up), which never hold the write lock.
+    runs a PASSIVE checkpoint, as SQLite's auto-checkpoint would.
 
     A passive checkpoint racing the loop's writes often leaves the last
-    frames uncopied, so the WAL never starts over: when those did not catch up, this
+    frames uncopied, so the WAL never starts over: past RESTART_FRAMES this
     thread runs a RESTART checkpoint, waiting RESTART_WAIT_MS at most for
     readers (it holds the write lock meanwhile: loop calls go to the pool
     for that long), up to RESTART_ATTEMPTS times. If the WAL still reaches
@@ -411,10 +398,6 @@ class _Checkpointer:
         self.passive = 0
         self.restarts = 0
         self.restart_failures = 0
-        #: Times PASSIVE checkpoints copied the whole WAL with no RESTART
-        #: (_caught_up), and the WAL's size in frames at the last of them.
-        self.catch_ups = 0
-        self.caught_up_at = 0
         self.thread = threading.Thread(target=self._run, name="chanlite-checkpoint", daemon=True)
         self.thread.start()
 
@@ -482,26 +465,6 @@ class _Checkpointer:
             head[96:100], sys.byteorder
         )
 
-    def _caught_up(self, conn: sqlite3.Connection, log: int, copied: int) -> bool:
-        """Copy, with more PASSIVE checkpoints, the frames written during the
-        last: once every frame is in the database the next write starts the
-        WAL over by itself (SQLite does so when no reader still needs it).
-        A RESTART would hold the write lock through its copy and its two
-        fsyncs, sending every loop call meanwhile to the pool (1% of paced
-        sends, half the p99 in bench/issue11/stages.py). False if the
-        writers kept ahead, or if the WAL did not start over after the last
-        catch-up (a reader kept it): then RESTART, which waits for them."""
-        if log <= self.caught_up_at:
-            return False  # not started over since: a reader held it
-        for _ in range(CATCH_UP_ATTEMPTS):
-            if copied >= log:
-                self.caught_up_at = log
-                self.catch_ups += 1
-                return True
-            _, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            self.passive += 1
-        return False
-
     def _connection(self) -> sqlite3.Connection:
         if self.conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -521,16 +484,12 @@ class _Checkpointer:
             return
         if frames is not None:
             last, copied = frames
-            if last < self.caught_up_at:
-                self.caught_up_at = 0  # the WAL started over since
             if last - copied < CHECKPOINT_FRAMES and last < RESTART_FRAMES:
                 return
         conn = self._connection()
-        _, log, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _, log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.passive += 1
         if log >= RESTART_FRAMES:
-            if self._caught_up(conn, log, copied):
-                return
             self.restarts += 1
             for attempt in range(RESTART_ATTEMPTS):
                 if attempt:
@@ -805,18 +764,10 @@ class LocalTransport:
             loop_conn = self._loop_connection()
             if loop_conn is None:
                 return _ON_POOL
-            for pause in LOOP_LOCK_PAUSES:
-                try:
-                    return fn(loop_conn.conn, *args)
-                except sqlite3.OperationalError as e:
-                    if not is_locked(e):
-                        raise
-                time.sleep(pause)
-            try:
-                return fn(loop_conn.conn, *args)
-            except sqlite3.OperationalError as e:
-                if not is_locked(e):
-                    raise
+            return fn(loop_conn.conn, *args)
+        except sqlite3.OperationalError as e:
+            if not is_locked(e):
+                raise
             self.loop_fallbacks += 1
             return _ON_POOL
         finally:
