@@ -561,8 +561,14 @@ class LocalTransport:
         #: Per thread (event loop) ident: the sends of this turn (see send).
         #: (A loop that was stopped before the end of its turn leaves its
         #: entry behind: the loop is kept, so that another is not misled.)
+        #: (The task that made the turn's first send is kept: see send.)
         self._sends_this_turn: dict[
-            int, tuple[asyncio.AbstractEventLoop, list[tuple[str, bytes, asyncio.Future[object]]]]
+            int,
+            tuple[
+                asyncio.AbstractEventLoop,
+                list[tuple[str, bytes, asyncio.Future[object]]],
+                asyncio.Task[Any] | None,
+            ],
         ] = {}
         #: Transactions that committed several sends together.
         self.sends_together = 0
@@ -869,24 +875,43 @@ class LocalTransport:
         commits at once, on its own, as it did before group commit (a lone
         sender waits for nobody); the sends that other coroutines make in
         the rest of that turn wait for its end and commit together in one
-        transaction on the loop connection (_send_together). Each returns
-        once its commit has. One that cannot run there (locked, no loop
+        transaction on the loop connection (_send_together); so does a
+        task that sends again before any other has. Each returns once its
+        commit has. One that cannot run there (locked, no loop
         connection) runs on its own in the pool."""
         if self._memory is None and self._layer.loop_calls:
             loop = asyncio.get_running_loop()
             ident = threading.get_ident()
             entry = self._sends_this_turn.get(ident)
+            task = asyncio.current_task()
             if entry is None or entry[0] is not loop:
                 waiting: list[tuple[str, bytes, asyncio.Future[object]]] = []
-                self._sends_this_turn[ident] = (loop, waiting)  # this turn has sent
+                self._sends_this_turn[ident] = (loop, waiting, task)  # this turn has sent
                 loop.call_soon(self._send_together, ident, waiting)
-                outcome = self._try_on_loop(self._send_all_on, [(channel, data, None)])
-                if not isinstance(outcome, _OnPool):
-                    if isinstance(outcome[0], Exception):
-                        raise outcome[0]
+                at_once = True
+            else:
+                # The task that made this turn's first send sends again
+                # before any other has, and no other task is ready to run
+                # in this turn (the loop's queue holds only _send_together):
+                # waiting for the turn's end would share nothing and cost
+                # it a future and two loop iterations (for a lone sender,
+                # every other send: 23k instructions of 160k,
+                # bench/results/issue11.md). Where others are ready, it
+                # waits, so that they run and join the turn's transaction
+                # rather than queue behind its every send. A loop without
+                # asyncio's ready queue (uvloop) always waits.
+                ready = getattr(loop, "_ready", None)
+                at_once = (
+                    not entry[1] and entry[2] is task and ready is not None and len(ready) <= 1
+                )
+            if at_once:
+                outcome = self._try_on_loop(
+                    self.call_on, "SELECT channel_send(?, ?)", channel, data
+                )
+                if outcome is not _ON_POOL:
                     self._wrote()
                     return
-            else:
+            elif entry is not None:
                 sent: asyncio.Future[object] = loop.create_future()
                 entry[1].append((channel, data, sent))
                 if await sent is not _ON_POOL:

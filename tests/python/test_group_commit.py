@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from channels.exceptions import ChannelFull
@@ -42,6 +43,42 @@ async def test_sends_of_one_turn_share_one_commit(layer: SQLiteChannelLayer) -> 
     assert transport.sends_together == before + 1, "the last 7 sends did not commit together"
     got = [(await layer.receive("gc"))["i"] for _ in range(8)]
     assert got == list(range(8)), "FIFO order is the order send() was called in"
+
+
+async def test_a_lone_task_sends_at_once_and_busy_tasks_still_share(
+    layer: SQLiteChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task sending one message after another, with no other task ready,
+    commits each at once (waiting for the turn's end would share nothing);
+    tasks that each send in a loop still share commits, rather than the
+    first running all its sends before the others start."""
+    transport = layer.transport
+    before = transport.sends_together
+    deferred: list[int] = []
+    send_together = transport._send_together
+
+    def counting(ident: int, waiting: list[Any]) -> None:
+        deferred.append(len(waiting))
+        send_together(ident, waiting)
+
+    monkeypatch.setattr(transport, "_send_together", counting)
+    for i in range(20):
+        await layer.send("gc.lone", {"type": "m", "i": i})
+    # (A callback of the loop's own, ready at the same time, may make one
+    # wait; on main before this, every other send did.)
+    assert sum(deferred) <= 3, f"a lone task's sends waited for the turn's end: {deferred}"
+
+    async def sender(k: int) -> None:
+        for i in range(10):
+            await layer.send(f"gc.busy{k}", {"type": "m", "i": i})
+
+    await asyncio.gather(*(sender(k) for k in range(4)))
+    shared = transport.sends_together - before
+    assert shared >= 5, f"4 tasks sending 10 each shared only {shared} commits"
+    for i in range(20):
+        assert (await layer.receive("gc.lone"))["i"] == i
+    for k in range(4):
+        assert [(await layer.receive(f"gc.busy{k}"))["i"] for _ in range(10)] == list(range(10))
 
 
 async def test_each_send_returns_after_its_commit(layer: SQLiteChannelLayer, db_path: str) -> None:
